@@ -1,0 +1,129 @@
+"""BSFA: bidirectional stepwise feature alignment.
+
+Alignment features of A and B are arranged in a pyramid, coarse to fine (the token grid, then
+x2, x4, ...). At every level the **forward registration layer** (FRL) predicts a velocity
+moving A's (already half-warped) features towards the middle, and the **reverse registration
+layer** (RRL) one moving B's. Each velocity is exponentiated (scaling and squaring), so every
+step is diffeomorphic with an exact inverse, and the steps are *composed* (warp of fields):
+
+    u_A <- u_A o exp(v_A),      u_A^-1 <- exp(-v_A) o u_A^-1       (same for B)
+
+Displacement is path-independent, so the full fields go through the middle position:
+
+    field_BA = u_B o u_A^-1   (on A's grid; warp(B, field_BA) is B aligned to A)
+    field_AB = u_A o u_B^-1   (on B's grid)
+
+Fields follow :mod:`bsafusion.deform` (pixels of the level's grid, channels x, y, pull).
+``bsfa=False`` (ablation "no BSFA") predicts a single field for B in one step at the finest
+level; ``frl=False`` / ``rrl=False`` keep only one side moving, all the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bsafusion.deform import compose, integrate_velocity, resize_field, warp
+from bsafusion.model.blocks import conv_block
+from bsafusion.model.config import ModelConfig
+
+
+class FeaturePyramid(nn.Module):
+    """Alignment features, coarse to fine: token map, then upsampled + pooled deep features."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ch = cfg.pyramid_channels
+        self.first = conv_block(cfg.embed_dim, ch[0])
+        self.refine = nn.ModuleList(conv_block(ch[k - 1] + cfg.channels, ch[k]) for k in range(1, len(ch)))
+
+    def forward(self, token_map: torch.Tensor, deep: torch.Tensor) -> list[torch.Tensor]:
+        levels = [self.first(token_map)]
+        for block in self.refine:
+            up = F.interpolate(levels[-1], scale_factor=2, mode="bilinear", align_corners=False)
+            pooled = F.adaptive_avg_pool2d(deep, up.shape[2:])
+            levels.append(block(torch.cat([up, pooled], dim=1)))
+        return levels
+
+
+class RegistrationLayer(nn.Module):
+    """Predicts a velocity (pixels, x/y channels) from the concatenated features of both sides."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_block(2 * channels, channels), conv_block(channels, channels))
+        self.out = nn.Conv2d(channels, 2, 3, padding=1)
+        # start at the identity transform, as VoxelMorph does
+        nn.init.normal_(self.out.weight, std=1e-5)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(torch.cat([own, other], dim=1)))
+
+
+@dataclass
+class AlignmentResult:
+    """Fields on the finest pyramid level and what the losses need."""
+
+    field_ba: torch.Tensor  # aligns B to A, on A's grid
+    field_ab: torch.Tensor  # aligns A to B, on B's grid
+    half_a: torch.Tensor  # u_A: A -> middle
+    half_b: torch.Tensor  # u_B: B -> middle
+    velocities: list[torch.Tensor]  # every predicted velocity, coarse to fine
+    velocity_levels: list[int]  # pyramid level of each velocity (for level-weighted smoothness)
+    middle: list[tuple[torch.Tensor, torch.Tensor]]  # (A, B) features warped to the middle, per level
+
+
+class BSFA(nn.Module):
+    """FRL/RRL per level, or one single-step field when ``cfg.bsfa`` is off."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.pyramid_channels if cfg.bsfa else cfg.pyramid_channels[-1:]
+        self.frl = nn.ModuleList(RegistrationLayer(c) for c in ch) if cfg.frl and cfg.bsfa else None
+        self.rrl = nn.ModuleList(RegistrationLayer(c) for c in ch) if cfg.rrl or not cfg.bsfa else None
+
+    def forward(self, pyr_a: list[torch.Tensor], pyr_b: list[torch.Tensor]) -> AlignmentResult:
+        n_levels = len(pyr_a)
+        levels = range(n_levels) if self.cfg.bsfa else [n_levels - 1]
+        ref = pyr_a[levels[0]]
+        zero = ref.new_zeros(ref.shape[0], 2, *ref.shape[2:])
+        u_a, inv_a, u_b, inv_b = zero, zero, zero, zero
+        velocities: list[torch.Tensor] = []
+        velocity_levels: list[int] = []
+        middle = []
+        for step, level in enumerate(levels):
+            fa, fb = pyr_a[level], pyr_b[level]
+            size = fa.shape[2:]
+            u_a, inv_a, u_b, inv_b = (resize_field(u, size) for u in (u_a, inv_a, u_b, inv_b))
+            wa = warp(fa, u_a, padding="border")
+            wb = warp(fb, u_b, padding="border")
+            new = {}
+            if self.frl is not None:
+                new["a"] = self.frl[step](wa, wb)
+            if self.rrl is not None:
+                new["b"] = self.rrl[step](wb, wa)
+            steps = self.cfg.integration_steps
+            if "a" in new:
+                u_a = compose(u_a, integrate_velocity(new["a"], steps))
+                inv_a = compose(integrate_velocity(-new["a"], steps), inv_a)
+            if "b" in new:
+                u_b = compose(u_b, integrate_velocity(new["b"], steps))
+                inv_b = compose(integrate_velocity(-new["b"], steps), inv_b)
+            for v in new.values():
+                velocities.append(v)
+                velocity_levels.append(level)
+            middle.append((warp(fa, u_a, padding="border"), warp(fb, u_b, padding="border")))
+        return AlignmentResult(
+            field_ba=compose(u_b, inv_a),
+            field_ab=compose(u_a, inv_b),
+            half_a=u_a,
+            half_b=u_b,
+            velocities=velocities,
+            velocity_levels=velocity_levels,
+            middle=middle,
+        )

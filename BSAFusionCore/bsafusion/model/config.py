@@ -1,0 +1,91 @@
+"""Architecture configuration of BSFA-F and the paper's ablation presets.
+
+The published model uses 256x256 inputs, patch size 16, token width 256, 4 heads and two
+Transformer blocks per stage. Our defaults are smaller (patch 8, width 64) so that one 256x256
+pair runs in well under a second on two CPU cores and a model trains on a CPU in under an
+hour; every size is a config value, so the published size is one config file away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+#: Modality classes of the MFRH classifiers. MRI (the fixed image) is a class of its own.
+MODALITY_CLASSES: tuple[str, ...] = ("CT", "PET", "SPECT", "MRI")
+
+#: The paper's ablations (Sec. "Ablation study"): name -> architecture overrides.
+#: Loss-side switches (L_ce2 off for setting A) live in :data:`bsafusion.losses.ABLATION_LOSS_OVERRIDES`.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "setting_a": {"exchange": False},  # no MFRH exchange, no L_ce2
+    "setting_b": {"exchange": False},  # no exchange, with L_ce2
+    "no_bsfa": {"bsfa": False},  # one single-direction, single-step field
+    "frl_only": {"rrl": False},  # only A's features move (all the way to B)
+    "rrl_only": {"frl": False},  # only B's features move (all the way to A)
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and switches of :class:`bsafusion.model.network.BSFAF`.
+
+    Attributes
+    ----------
+    img_size: network input size (square); other inputs are resampled to it by inference.
+    channels: width of the full-resolution Restormer features (shallow and deep).
+    restormer_heads: heads of the transposed (channel) attention.
+    embed_dim, patch_size, heads: token width, patch size and heads of the Transformer stage.
+    encoder_depth, transfer_depth: Transformer layers of the encoder and of the Transfer blocks.
+    pyramid_channels: channels of the alignment feature pyramid, coarse to fine; its length is
+        the number of BSFA steps (resolutions img_size/patch_size * 2**k).
+    integration_steps: scaling-and-squaring steps turning each predicted velocity into a field.
+    exchange: inject each image's MFRH into the other's tokens (MDF-FR exchange).
+    bsfa: stepwise bidirectional alignment; ``False`` predicts one field in one step.
+    frl, rrl: forward (A -> middle) and reverse (B -> middle) registration layers.
+    """
+
+    img_size: int = 256
+    channels: int = 16
+    restormer_heads: int = 2
+    embed_dim: int = 64
+    patch_size: int = 8
+    heads: int = 4
+    encoder_depth: int = 2
+    transfer_depth: int = 2
+    pyramid_channels: tuple[int, ...] = (48, 32, 16)
+    integration_steps: int = 5
+    exchange: bool = True
+    bsfa: bool = True
+    frl: bool = True
+    rrl: bool = True
+
+    def __post_init__(self) -> None:
+        finest = self.patch_size // 2 ** (len(self.pyramid_channels) - 1)
+        if finest < 1 or self.patch_size % 2 ** (len(self.pyramid_channels) - 1):
+            raise ValueError("patch_size must be divisible by 2**(len(pyramid_channels) - 1)")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if not (self.frl or self.rrl):
+            raise ValueError("at least one of frl / rrl must be enabled")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pyramid_channels"] = list(self.pyramid_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        data = dict(data)
+        if "pyramid_channels" in data:
+            data["pyramid_channels"] = tuple(data["pyramid_channels"])
+        return cls(**data)
+
+    def with_ablation(self, name: str) -> "ModelConfig":
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}; choose from {sorted(ABLATIONS)}")
+        return replace(self, **ABLATIONS[name])

@@ -1,0 +1,377 @@
+"""Training of BSFA-F on aligned pairs, misaligned on the fly.
+
+One YAML file holds three sections, ``model`` (:class:`~bsafusion.model.ModelConfig`),
+``loss`` (:class:`~bsafusion.losses.LossWeights`) and ``train`` (:class:`TrainConfig`);
+``key=value`` overrides (``train.lr=1e-4``, ``loss.gradient=1``) go on top.
+
+Determinism and resume
+----------------------
+Everything random in a step is a pure function of ``(seed, epoch, step)``: which pairs form
+the batch, their flips and misalignment (the dataset's ``set_epoch``), and the crop positions.
+A checkpoint stores the model, optimizer and scheduler state and the step, so ``--resume``
+replays exactly the schedule an uninterrupted run would have followed (on the same device and
+torch build; floating-point order differs across devices).
+
+Training crops
+--------------
+The network is fully convolutional with convolutional position encoding, so it trains on
+``crop_size`` crops of the misaligned 256x256 pairs (4x cheaper at 128) and runs on whole
+images. Crops are taken after misalignment, so the displacement statistics are those of
+whole images.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import ConcatDataset
+from tqdm import tqdm
+
+from bsafusion import checkpoint
+from bsafusion.data import AlignedPairDataset, UnalignedCaseDataset
+from bsafusion.errors import InputError
+from bsafusion.losses import ABLATION_LOSS_OVERRIDES, LossWeights, compute_losses
+from bsafusion.model import BSFAF, ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Schedule, data and bookkeeping of a training run.
+
+    ``modalities`` lists the moving modalities to train on together (one model per modality
+    is the paper's setting; several give a shared model to fine-tune from). ``epochs`` x
+    ``samples_per_epoch`` pairs are drawn (with fresh misalignment each epoch); validation on
+    ``val_root`` (real unaligned cases) runs after every epoch.
+    """
+
+    data_root: str = "../shared/data/harvard/train_aligned"
+    modalities: tuple[str, ...] = ("CT",)
+    val_root: str | None = "../shared/data/harvard/test_unaligned"
+    val_max_cases: int | None = None
+    out_dir: str = "runs/ct"
+    ablation: str = "full"
+    crop_size: int = 128
+    batch_size: int = 4
+    samples_per_epoch: int = 256
+    epochs: int = 20
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    checkpoint_every: int = 50
+    init_weights: str | None = None
+    threads: int | None = None
+    misalignment: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.samples_per_epoch // self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The three sections of a training configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        t = asdict(self.train)
+        t["modalities"] = list(self.train.modalities)
+        return {"model": self.model.to_dict(), "loss": self.loss.to_dict(), "train": t}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        unknown = set(data) - {"model", "loss", "train"}
+        if unknown:
+            raise InputError(f"unknown config sections: {sorted(unknown)}")
+        t = dict(data.get("train", {}))
+        known = {f.name for f in fields(TrainConfig)}
+        if set(t) - known:
+            raise InputError(f"unknown train config keys: {sorted(set(t) - known)}")
+        if "modalities" in t:
+            mods = t["modalities"]
+            t["modalities"] = tuple(m.upper() for m in ([mods] if isinstance(mods, str) else mods))
+        train = TrainConfig(**t)
+        try:
+            model = ModelConfig.from_dict(data.get("model", {})).with_ablation(train.ablation)
+            loss = LossWeights.from_dict({**data.get("loss", {}), **ABLATION_LOSS_OVERRIDES.get(train.ablation, {})})
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        return cls(model, loss, train)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults) and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: invalid YAML ({exc})") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in ("model", "loss", "train"):
+            raise InputError(f"override {item!r} is not of the form section.key=value (section: model, loss, train)")
+        data.setdefault(section, {})[name] = yaml.safe_load(value)
+    return RunConfig.from_dict(data)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an input error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA device is available")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def _lr_factor(step: int, total: int, min_ratio: float) -> float:
+    """Cosine decay from 1 to ``min_ratio`` over ``total`` steps (the paper's schedule)."""
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def _crop(items: list[dict[str, Any]], size: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    out = []
+    for item in items:
+        h, w = item["fixed"].shape[-2:]
+        if size >= min(h, w):
+            out.append(item)
+            continue
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        out.append({k: (v[..., y : y + size, x : x + size] if torch.is_tensor(v) and v.ndim == 3 else v) for k, v in item.items()})
+    return out
+
+
+def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
+    batch: dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if torch.is_tensor(values[0]):
+            batch[key] = torch.stack(values).to(device)
+        elif isinstance(values[0], (int, np.integer)):
+            batch[key] = torch.tensor(values, device=device)
+    return batch
+
+
+class Trainer:
+    """Runs (or resumes) one training run described by a :class:`RunConfig`."""
+
+    def __init__(self, config: RunConfig, resume: bool = False, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        t = config.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.out_dir = Path(t.out_dir)
+        self.datasets = [AlignedPairDataset(t.data_root, m, augment=True, seed=t.seed, misalignment=t.misalignment) for m in t.modalities]
+        self.dataset = ConcatDataset(self.datasets)
+        torch.manual_seed(t.seed)
+        self.model = BSFAF(config.model).to(self.device)
+        if t.init_weights:
+            init = checkpoint.read(t.init_weights)
+            try:
+                self.model.load_state_dict(init["state_dict"])
+            except RuntimeError as exc:
+                raise InputError(f"{t.init_weights}: does not match this architecture ({str(exc).splitlines()[0]})") from None
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _lr_factor(s, t.total_steps, t.min_lr_ratio)
+        )
+        self.step = 0
+        self.best_score = -math.inf
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def _resume(self) -> None:
+        payload = checkpoint.read(self.checkpoint_path)
+        saved = payload.get("run_config")
+        if saved != self.config.to_dict():
+            raise InputError(f"{self.checkpoint_path}: the run was started with another configuration; resume with the same one")
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.step = int(payload["step"])
+        self.best_score = float(payload.get("best_score", -math.inf))
+        self._truncate_log(self.out_dir / "train_log.csv", self.step)
+        self._truncate_log(self.out_dir / "val_log.csv", self.step)
+
+    @staticmethod
+    def _truncate_log(path: Path, step: int) -> None:
+        """Drop log rows written after the checkpoint, so a resumed log has no duplicates."""
+        if not path.is_file():
+            return
+        with path.open() as fh:
+            rows = list(csv.reader(fh))
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+        with path.open("w", newline="") as fh:
+            csv.writer(fh).writerows(kept)
+
+    def _save_checkpoint(self) -> None:
+        checkpoint.save(
+            self.checkpoint_path,
+            self.model,
+            "+".join(self.config.train.modalities),
+            kind="checkpoint",
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            step=self.step,
+            best_score=self.best_score,
+            run_config=self.config.to_dict(),
+        )
+
+    def _log(self, name: str, row: dict[str, Any]) -> None:
+        path = self.out_dir / name
+        new = not path.is_file()
+        with path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    # ------------------------------------------------------------------ data
+    def batch_for_step(self, step: int) -> dict[str, torch.Tensor]:
+        """The batch of global ``step``: a pure function of (seed, epoch, step)."""
+        t = self.config.train
+        epoch, within = divmod(step, t.steps_per_epoch)
+        for ds in self.datasets:
+            ds.set_epoch(epoch)
+        n = len(self.dataset)
+        order_rng = np.random.default_rng([t.seed, epoch])
+        repeats = math.ceil(t.samples_per_epoch / n)
+        order = np.concatenate([order_rng.permutation(n) for _ in range(repeats)])
+        idx = order[within * t.batch_size : (within + 1) * t.batch_size]
+        items = [self.dataset[int(i)] for i in idx]
+        items = _crop(items, t.crop_size, np.random.default_rng([t.seed, epoch, within, 7]))
+        return _collate(items, self.device)
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.train()
+        use_amp = self.config.train.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = self.model(batch["fixed"], batch["moving"])
+            terms = compute_losses(out, batch, self.config.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if self.config.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def fit(self, max_steps: int | None = None) -> Path:
+        """Train until the schedule ends (or ``max_steps`` more steps); returns the best weights path."""
+        t = self.config.train
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        end = t.total_steps if max_steps is None else min(t.total_steps, self.step + max_steps)
+        bar = tqdm(total=t.total_steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
+        running: dict[str, float] = {}
+        while self.step < end:
+            started = time.perf_counter()
+            terms = self.train_step(self.batch_for_step(self.step))
+            running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in terms.items()}
+            self._log(
+                "train_log.csv",
+                {"step": self.step, "epoch": (self.step - 1) // t.steps_per_epoch, "lr": self.scheduler.get_last_lr()[0],
+                 **terms, "seconds": time.perf_counter() - started},
+            )
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in running.items() if k in ("total", "registration", "ssim")})
+            epoch_end = self.step % t.steps_per_epoch == 0
+            if epoch_end and t.val_root:
+                self._validate_and_keep_best()
+            if epoch_end or self.step % t.checkpoint_every == 0 or self.step == end:
+                self._save_checkpoint()
+        bar.close()
+        return self.out_dir / "best.pt"
+
+    def _validate_and_keep_best(self) -> None:
+        scores = validate(self.model, self.config.train.val_root, self.config.train.modalities, self.device,
+                          self.config.train.val_max_cases)
+        score = float(np.mean([v for k, v in scores.items() if k.endswith("score")]))
+        self._log("val_log.csv", {"step": self.step, **scores})
+        if score > self.best_score:
+            self.best_score = score
+            checkpoint.save(self.out_dir / "best.pt", self.model, "+".join(self.config.train.modalities),
+                            metadata={"step": self.step, "validation": scores, "run_config": self.config.to_dict()})
+
+
+@torch.no_grad()
+def validate(
+    model: BSFAF,
+    root: str | Path,
+    modalities: Iterable[str],
+    device: torch.device,
+    max_cases: int | None = None,
+) -> dict[str, float]:
+    """Mean registration and fusion quality on real unaligned cases with aligned truth.
+
+    Per modality: NCC and SSIM of the aligned moving image against ``*_label`` (and of the
+    unaligned one, for reference), Q_AB/F of the fused image, and ``score`` = NCC + Q_AB/F,
+    the quantity the best checkpoint is chosen by.
+    """
+    from bsafusion.metrics import q_abf
+    from bsafusion.metrics.registration import ncc, ssim
+
+    model.eval()
+    out: dict[str, float] = {}
+    for mod in modalities:
+        cases = UnalignedCaseDataset(root, mod)
+        n = len(cases) if max_cases is None else min(len(cases), max_cases)
+        rows = []
+        for i in range(n):
+            case = cases[i]
+            fixed, moving = case["fixed"][None].to(device), case["moving"][None].to(device)
+            pred = model(fixed, moving)
+            warped = pred.warped_moving[0, 0].cpu().numpy()
+            fused = pred.fused[0, 0].cpu().numpy()
+            label = case["moving_label"][0].numpy()
+            f = case["fixed"][0].numpy()
+            rows.append((ncc(warped, label), ssim(warped, label, data_range=1.0),
+                         ncc(case["moving"][0].numpy(), label), q_abf(fused, f, warped)))
+        m = np.mean(rows, axis=0)
+        out.update({f"{mod}_ncc": m[0], f"{mod}_ssim": m[1], f"{mod}_ncc_unregistered": m[2], f"{mod}_qabf": m[3],
+                    f"{mod}_score": m[0] + m[3]})
+    return {k: float(v) for k, v in out.items()}
+
+
+def export_weights(run_dir: str | Path, destination: str | Path, modality: str, **metadata: Any) -> None:
+    """Copy a run's best model into a small inference-only weights file (no optimizer state)."""
+    payload = checkpoint.read(Path(run_dir) / "best.pt")
+    model = BSFAF(ModelConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    checkpoint.save(destination, model, modality, metadata={**payload.get("metadata", {}), **metadata})
+
+
+__all__ = ["RunConfig", "TrainConfig", "Trainer", "load_config", "resolve_device", "validate", "export_weights"]

@@ -67,7 +67,9 @@ class BSFAF(nn.Module):
         field_ab = resize_field(alignment.field_ab, size)
         shallow_a, shallow_b = enc.shallow.chunk(2, dim=0)
         deep_a, deep_b = enc.deep.chunk(2, dim=0)
-        fused = self.mmff(deep_a, deep_b, shallow_a, shallow_b, field_ba)
+        # the fusion losses must not bend the registration: the field reaches MMFF detached
+        # (registration learns from its own losses; both tasks still share the encoder)
+        fused = self.mmff(deep_a, deep_b, shallow_a, shallow_b, field_ba.detach())
 
         return BSFAFOutput(
             fused=fused,

@@ -1,0 +1,453 @@
+"""What the 3D Slicer module needs that is not a Slicer call, kept here so CI can test it.
+
+Why this module exists
+----------------------
+Slicer cannot be installed on the machines that run our tests, so the scripted module
+(``BSAFusionExtension/BSAFusion/BSAFusion.py``) is kept thin: it moves volumes between the MRML
+scene and SimpleITK (``sitkUtils``), creates nodes, and sets up the views. Every decision behind
+those calls lives here, in plain Python, and is tested with the rest of the core:
+
+* **parameters**: :func:`validate_parameters` checks the GUI/batch choices once, on the GUI
+  thread, before any work starts, and turns them into a :class:`RunParameters`;
+* **the run**: :func:`run_core` calls :func:`bsafusion.volume.register_and_fuse_volumes`
+  (nothing else: no algorithm code in the extension), and :class:`BackgroundJob` runs it in a
+  worker thread that the GUI polls for progress, result or error;
+* **outputs**: :func:`output_volumes` lists the volumes to create (name, node class, the image to
+  push, colour table, window/level): fused, aligned, Jacobian and checkerboard;
+* **the transform**: :func:`write_slicer_transform` writes the core's transform as an ITK HDF5
+  file for ``slicer.util.loadTransform``.
+
+Coordinates and the transform Slicer loads
+------------------------------------------
+SimpleITK and ITK transform files use **LPS** physical coordinates (mm); Slicer's scene uses
+**RAS**. We never convert by hand in the module: ``sitkUtils`` converts volumes both ways, and
+Slicer converts an ITK transform file from LPS to RAS when it loads it (as SlicerElastix and
+SlicerANTs rely on). The core's ``result.transform`` maps **fixed points to moving points**
+(``sitk.Resample(moving, fixed, transform)`` is the aligned image); this is exactly what Slicer
+calls a transform *from parent*, so the loaded node, set as the moving volume's parent
+transform, shows the moving volume aligned on the fixed one. :func:`ras_to_lps`,
+:func:`lps_to_ras`, :func:`sample_points` and :func:`transform_discrepancy_mm` let the module's
+self-test check that claim inside Slicer, point by point.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generic, Sequence, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+
+from bsafusion import checkpoint
+from bsafusion.colour import split_luma
+from bsafusion.errors import InputError
+from bsafusion.infer import MODALITIES
+from bsafusion.train import resolve_device
+from bsafusion.volume import VolumeResult, register_and_fuse_volumes
+from bsafusion.volume.geometry import AXES as _AXES
+
+__all__ = [
+    "MODALITIES",
+    "DEVICES",
+    "AXES",
+    "JACOBIAN_COLOR_NODE_ID",
+    "RunParameters",
+    "RunRequest",
+    "OutputVolume",
+    "BackgroundJob",
+    "validate_parameters",
+    "run_core",
+    "node_names",
+    "output_volumes",
+    "to_display_rgb",
+    "checkerboard_volume",
+    "jacobian_window_level",
+    "same_geometry",
+    "quality_summary",
+    "write_slicer_transform",
+    "ras_to_lps",
+    "lps_to_ras",
+    "sample_points",
+    "transform_discrepancy_mm",
+]
+
+#: Devices offered in the GUI (``cuda:N`` is accepted too, from scripts).
+DEVICES = ("auto", "cpu", "cuda")
+#: Slice orientations the 2D network can run along (the volume pipeline's ``axis``).
+AXES = tuple(_AXES)
+#: Slicer's built-in diverging blue-white-red table: blue = compression (det J < 1), red =
+#: expansion (det J > 1), white = volume kept; centred on 1 by :func:`jacobian_window_level`.
+JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunParameters:
+    """Validated choices for one run (see :func:`validate_parameters`)."""
+
+    modality: str
+    weights: Path | None  # None: the shipped model for ``modality``
+    device: str
+    prealign: bool
+    axis: str
+    batch_size: int
+
+
+def validate_parameters(
+    modality: str,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    prealign: bool = True,
+    axis: str = "axial",
+    batch_size: int = 8,
+) -> RunParameters:
+    """Check the module's parameters before any work starts; raise :class:`InputError` if unusable.
+
+    Called on the GUI thread so that a wrong choice (a missing weights file, CUDA on a machine
+    without a GPU) is reported at once in a message box, not after the volumes were read.
+    ``weights`` empty or ``None`` means the shipped model; it must exist (the message says
+    where it was looked for).
+
+    Examples
+    --------
+    >>> validate_parameters("pet", "", device="cpu", axis="Axial").modality    # doctest: +SKIP
+    'PET'
+    """
+    name = str(modality).strip().upper()
+    if name not in MODALITIES:
+        raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    dev = str(device).strip().lower() or "auto"
+    resolve_device(dev)  # raises InputError for unknown names and for CUDA without a GPU
+    ax = str(axis).strip().lower()
+    if ax not in AXES:
+        raise InputError(f"unknown slice axis {axis!r}; choose one of {', '.join(AXES)}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) < 1:
+        raise InputError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    path: Path | None = None
+    if weights is not None and str(weights).strip():
+        path = Path(str(weights).strip()).expanduser()
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; choose a weights file (.pt)")
+        if not path.is_file():
+            raise InputError(f"{path}: weights file not found")
+    else:
+        shipped = checkpoint.default_weights_path(name)
+        if not shipped.is_file():
+            raise InputError(f"{shipped}: no shipped {name} model in this installation; choose a weights file")
+    return RunParameters(name, path, dev, bool(prealign), ax, int(batch_size))
+
+
+# --------------------------------------------------------------------------------------------
+# Running the core
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything one run needs, with no reference to Slicer: safe to hand to a worker thread."""
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    parameters: RunParameters
+    names: tuple[str, str] = ("fixed volume", "moving volume")  # how the core's messages call them
+
+
+def run_core(request: RunRequest, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> VolumeResult:
+    """Register and fuse through the core's volume pipeline; returns its ``VolumeResult``.
+
+    Touches neither Qt nor MRML, so it can run in a worker thread. ``cancel`` is polled by the
+    core at each stage and network batch; it raises ``bsafusion.volume.Cancelled`` when it
+    returns True.
+    """
+    p = request.parameters
+    return register_and_fuse_volumes(
+        request.fixed, request.moving, p.modality, weights=p.weights, device=p.device,
+        prealign=p.prealign, axis=p.axis, batch_size=p.batch_size, progress=progress, cancel=cancel,
+        names=request.names,
+    )
+
+
+class BackgroundJob(Generic[T]):
+    """Run ``work(progress, cancel)`` in a worker thread; the GUI thread polls it.
+
+    Why polling instead of callbacks: Qt widgets and the MRML scene belong to the GUI thread,
+    and calling them from another thread crashes Slicer at random. The worker therefore only
+    stores its latest ``(fraction, message)`` under a lock, and the module reads it from a
+    ``qt.QTimer`` on the GUI thread, which also creates the output nodes once :attr:`done`.
+    Cancelling sets an event that the ``cancel`` callable handed to ``work`` reports; the work
+    decides where to stop (the core checks between slices).
+
+    Examples
+    --------
+    >>> job = BackgroundJob(lambda progress, cancel: 6 * 7).start()
+    >>> job.wait(5)
+    True
+    >>> job.outcome()
+    42
+    """
+
+    def __init__(self, work: Callable[[ProgressFn, CancelFn], T]) -> None:
+        self._work = work
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._finished = threading.Event()
+        self._progress: tuple[float, str] = (0.0, "waiting")
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="BSAFusionJob", daemon=True)
+
+    def start(self) -> "BackgroundJob[T]":
+        self._thread.start()
+        return self
+
+    def _report(self, fraction: float, message: str = "") -> None:
+        with self._lock:
+            self._progress = (float(np.clip(fraction, 0.0, 1.0)), str(message))
+
+    def _run(self) -> None:
+        try:
+            self._result = self._work(self._report, self._cancel.is_set)
+        except BaseException as exc:  # handed to the GUI thread by outcome()
+            self._error = exc
+        finally:
+            self._finished.set()
+
+    def cancel(self) -> None:
+        """Ask the work to stop; it ends with the core's ``Cancelled`` error."""
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def progress(self) -> tuple[float, str]:
+        """Latest ``(fraction in [0, 1], message)`` reported by the work."""
+        with self._lock:
+            return self._progress
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the work ends (for scripts and tests; the GUI polls :attr:`done`)."""
+        return self._finished.wait(timeout)
+
+    def outcome(self) -> T:
+        """The work's return value, or its exception re-raised here (call once :attr:`done`)."""
+        if not self.done:
+            raise RuntimeError("the job is still running")
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputVolume:
+    """One volume node the module creates (or refreshes) after a run."""
+
+    key: str  # "fused", "aligned", "jacobian" or "checkerboard" (parameter-node role)
+    name: str  # node name
+    node_class: str  # vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode (colour)
+    image: sitk.Image  # on the fixed volume's grid, ready for sitkUtils.PushVolumeToSlicer
+    color_node_id: str | None = None  # None: Slicer's default grey / RGB display
+    window_level: tuple[float, float] | None = None  # None: automatic window/level
+
+
+def node_names(moving_name: str) -> dict[str, str]:
+    """Names of the output nodes, derived from the moving volume's name."""
+    base = f"{moving_name} BSAFusion"
+    return {key: f"{base} {key}" for key in ("transform", "fused", "aligned", "jacobian", "checkerboard")}
+
+
+def _node_class(image: sitk.Image) -> str:
+    return "vtkMRMLVectorVolumeNode" if image.GetNumberOfComponentsPerPixel() > 1 else "vtkMRMLScalarVolumeNode"
+
+
+def to_display_rgb(image: sitk.Image) -> sitk.Image:
+    """Colour volumes as 8-bit RGB, the vector pixel type Slicer shows directly as colour.
+
+    Float RGB with values in [0, 1] (the core's convention) is scaled to 0..255; scalar and
+    8-bit images are returned unchanged.
+    """
+    if image.GetNumberOfComponentsPerPixel() == 1 or image.GetPixelID() == sitk.sitkVectorUInt8:
+        return image
+    if image.GetNumberOfComponentsPerPixel() != 3:
+        raise ValueError(f"colour volume must have 3 components, got {image.GetNumberOfComponentsPerPixel()}")
+    values = np.clip(sitk.GetArrayViewFromImage(image).astype(np.float32), 0.0, 1.0)
+    out = sitk.GetImageFromArray(np.round(values * 255.0).astype(np.uint8), isVector=True)
+    out.CopyInformation(image)
+    return out
+
+
+def _unit_scalar(image: sitk.Image) -> sitk.Image:
+    """Grey float32 in [0, 1]: the luma of a colour image, 1st..99th percentile stretched."""
+    values = sitk.GetArrayFromImage(image).astype(np.float32)
+    if image.GetNumberOfComponentsPerPixel() == 3:
+        scale = 255.0 if image.GetPixelID() == sitk.sitkVectorUInt8 else 1.0
+        values = split_luma(values / scale)[0].astype(np.float32)
+    elif image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"expected a grey or RGB volume, got {image.GetNumberOfComponentsPerPixel()} components")
+    lo, hi = np.percentile(values, [1.0, 99.0])
+    scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
+    out = sitk.GetImageFromArray(scaled.astype(np.float32))
+    out.CopyInformation(image)
+    return out
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
+    """Same grid: size, spacing, origin and direction (within ``tolerance``)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    )
+
+
+def checkerboard_volume(fixed: sitk.Image, aligned: sitk.Image, tiles: int = 8) -> sitk.Image:
+    """Alternating 3D blocks of the fixed and the aligned volume (both stretched to [0, 1]).
+
+    Slicer's slice views can blend two layers (the fade slider) but have no checkerboard
+    compositing, so the module shows this volume instead: misregistration appears as broken
+    edges where blocks meet, in all three slice orientations. It is computed once from the
+    core's aligned volume (ITK's CheckerBoardImageFilter through ``sitk.CheckerBoard``);
+    editing the transform afterwards does not update it.
+    """
+    if not same_geometry(fixed, aligned):
+        raise ValueError("the aligned volume is not on the fixed volume's grid")
+    a, b = _unit_scalar(fixed), _unit_scalar(aligned)
+    pattern = [max(1, min(int(tiles), int(size))) for size in a.GetSize()]
+    return sitk.CheckerBoard(a, b, pattern)
+
+
+def jacobian_window_level(jacobian: sitk.Image) -> tuple[float, float]:
+    """Window/level centred on det J = 1 so that the diverging table reads at a glance.
+
+    The window spans the 99th percentile of ``|det J - 1|`` on each side of 1 (at least
+    +-0.05 so a near-identity map is not all noise-coloured, at most +-1 so that folding,
+    det J <= 0, always shows as the deepest blue).
+    """
+    values = sitk.GetArrayViewFromImage(jacobian)
+    finite = values[np.isfinite(values)]
+    spread = float(np.percentile(np.abs(finite - 1.0), 99.0)) if finite.size else 0.0
+    return 2.0 * float(np.clip(spread, 0.05, 1.0)), 1.0
+
+
+def output_volumes(result: VolumeResult, fixed: sitk.Image, moving_name: str, checker_tiles: int = 8) -> list[OutputVolume]:
+    """The volumes to show after a run, all on the fixed volume's grid.
+
+    * ``fused``: the fused volume (grey for CT; 8-bit RGB vector volume for PET/SPECT);
+    * ``aligned``: the moving volume resampled onto the fixed grid by the core;
+    * ``jacobian``: det of the Jacobian of the fixed->moving mapping, shown with the diverging
+      table (blue < 1 < red; <= 0 means folding, an implausible deformation);
+    * ``checkerboard``: :func:`checkerboard_volume` of fixed and aligned.
+
+    Raises ``ValueError`` when an output of the core is not on the fixed grid (a core bug that
+    would otherwise show up as a silently shifted overlay).
+    """
+    names = node_names(moving_name)
+    fused = to_display_rgb(result.fused)
+    aligned = to_display_rgb(result.aligned)
+    jacobian = sitk.Cast(result.jacobian, sitk.sitkFloat32)
+    for key, image in (("fused", fused), ("aligned", aligned), ("jacobian", jacobian)):
+        if not same_geometry(image, fixed):
+            raise ValueError(f"core output {key!r} is not on the fixed volume's grid")
+    return [
+        OutputVolume("fused", names["fused"], _node_class(fused), fused),
+        OutputVolume("aligned", names["aligned"], _node_class(aligned), aligned),
+        OutputVolume("jacobian", names["jacobian"], "vtkMRMLScalarVolumeNode", jacobian,
+                     JACOBIAN_COLOR_NODE_ID, jacobian_window_level(jacobian)),
+        OutputVolume("checkerboard", names["checkerboard"], "vtkMRMLScalarVolumeNode",
+                     checkerboard_volume(fixed, result.aligned, checker_tiles)),
+    ]
+
+
+def quality_summary(result: VolumeResult) -> str:
+    """One line for the status label: inverse consistency, folding and time."""
+    jac = sitk.GetArrayViewFromImage(result.jacobian)
+    folding = 100.0 * float(np.mean(jac <= 0)) if jac.size else 0.0
+    timings = result.timings or {}
+    seconds = float(timings.get("total", sum(timings.values())))
+    return (f"inverse consistency {float(result.inverse_consistency_mm):.2f} mm, "
+            f"folding {folding:.2f} % of voxels, {seconds:.1f} s")
+
+
+# --------------------------------------------------------------------------------------------
+# The transform for Slicer, and the coordinate checks of the self-test
+# --------------------------------------------------------------------------------------------
+
+
+def write_slicer_transform(transform: sitk.Transform, directory: str | Path, stem: str = "bsafusion_transform") -> Path:
+    """Write ``transform`` (fixed -> moving points, LPS mm) as ``<stem>.h5`` for ``loadTransform``.
+
+    HDF5 is ITK's transform format that holds linear, displacement-field and composite
+    transforms alike, which Slicer reads into one transform node (converting LPS to RAS); a text
+    ``.tfm`` would spell out a displacement field number by number.
+    """
+    path = Path(directory) / f"{stem}.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteTransform(transform, str(path))
+    return path
+
+
+_LPS_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+def ras_to_lps(points: Sequence[float] | np.ndarray) -> np.ndarray:
+    """RAS (Slicer's scene) -> LPS (ITK/DICOM) point(s): negate x and y. Its own inverse."""
+    return np.asarray(points, dtype=np.float64) * _LPS_RAS
+
+
+lps_to_ras = ras_to_lps  # the flip is an involution; two names for readable call sites
+
+
+def sample_points(image: sitk.Image, count: int = 20, margin: float = 0.2, seed: int = 0,
+                  on_grid: bool = False) -> np.ndarray:
+    """``count`` physical points (LPS, mm) inside ``image``, away from its border by ``margin``.
+
+    Used to compare two implementations of one transform where both are well defined
+    (displacement fields are extrapolated differently outside their grid). ``on_grid=True``
+    puts the points on voxel centres, where a displacement field needs no interpolation, so
+    implementations that interpolate differently (ITK linear, VTK cubic) agree exactly.
+    """
+    rng = np.random.default_rng(seed)
+    size = np.array(image.GetSize(), dtype=np.float64)
+    low, high = margin * (size - 1), (1.0 - margin) * (size - 1)
+    indices = rng.uniform(low, high, size=(int(count), image.GetDimension()))
+    if on_grid:
+        indices = np.round(indices)
+    return np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(i)) for i in indices])
+
+
+def transform_discrepancy_mm(
+    reference: sitk.Transform, from_parent_ras: Callable[[tuple[float, float, float]], Sequence[float]],
+    points_lps: np.ndarray,
+) -> float:
+    """Largest distance (mm) between ``reference`` and a Slicer transform at ``points_lps``.
+
+    ``from_parent_ras`` maps a RAS point the way Slicer resamples a child volume, e.g.
+    ``node.GetTransformFromParent().TransformPoint``. Zero (to interpolation precision) means the
+    node reproduces the core's transform, RAS/LPS conversion included.
+    """
+    worst = 0.0
+    for p in np.asarray(points_lps, dtype=np.float64):
+        expected = np.array(reference.TransformPoint(tuple(p)))
+        got = ras_to_lps(from_parent_ras(tuple(lps_to_ras(p))))
+        worst = max(worst, float(np.linalg.norm(got - expected)))
+    return worst

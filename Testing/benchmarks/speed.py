@@ -1,0 +1,319 @@
+"""Speed benchmark (issue 5): how long one pair takes, ours against the two-stage baseline.
+
+Measures, on this machine's CPU with ``--threads`` torch threads (2 by default, the size of the
+development machine and of CI):
+
+* **per 256x256 pair**: our network's forward pass alone; ``Fuser.fuse`` (in memory: resampling,
+  forward pass, warping at full size); end to end from files with
+  :func:`bsafusion.infer.fuse_files` (read PNGs, fuse, write fused/aligned PNGs, the field and
+  the quick-look panel); the classical SimpleITK affine + B-spline registration
+  (:func:`bsafusion.baselines.register_classical`, with its deterministic single ITK thread and
+  with ITK's default threads); each classical fusion rule on the luma, and the Laplacian rule on
+  a PET pseudo-colour image (YCbCr round trip included);
+* **peak memory** of one call of each of those, in a fresh process (model loaded, inputs
+  made): the rise of the resident set size over the call (the kernel's peak mark, reset
+  before the call through ``/proc/self/clear_refs``; elsewhere ``getrusage``'s lifetime peak,
+  an upper bound), which counts everything (numpy, torch, ITK); and the ``tracemalloc`` peak
+  (Python and numpy allocations only; torch's CPU allocator is not traced);
+* **scaling**: the forward pass at 128², 256², 512² (the network is size-agnostic; the shipped
+  model is trained at ``img_size``) and ``Fuser.fuse`` on inputs of those sizes (it resamples to
+  ``img_size``, so only the resampling and full-size warping grow); the forward pass for batches
+  of 1, 2, 4, 8 pairs;
+* **per-block forward time** of the network (encoder, MDF-FR, feature pyramid, BSFA, MMFF;
+  "other" is the rest: field resizing, final warp, classifier heads), taken with forward
+  hooks on the model's sub-modules (the model code is not touched).
+
+Times are the median (and minimum) of ``--repeats`` runs after one warm-up run. The inputs are
+phantom pairs (:mod:`bsafusion.phantom`) misaligned with :func:`bsafusion.deform.random_misalignment`,
+so the benchmark needs no data download. ``--weights`` picks the model; by default the shipped
+CT model when it exists, else an untrained model of the default :class:`ModelConfig` (same
+architecture and cost); the output says which.
+
+Usage (from the repository root)::
+
+    python Testing/benchmarks/speed.py [--weights FILE] [--repeats 5] [--output table.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bsafusion import checkpoint
+from bsafusion.baselines import ClassicalSettings, fuse_colour, get_rule, register_classical
+from bsafusion.baselines.fusion_rules import FUSION_RULES
+from bsafusion.deform import random_misalignment
+from bsafusion.infer import Fuser, fuse_files
+from bsafusion.io import write_image
+from bsafusion.model import BSFAF, ModelConfig
+from bsafusion.phantom import phantom_pair
+
+#: Network blocks timed with forward hooks, in the order they run: attribute of BSFAF -> label.
+BLOCKS = {"encoder": "Encoder (Restormer + Transformer)", "mdffr": "MDF-FR (MFRH exchange, Transfer)",
+          "pyramid": "Feature pyramid", "bsfa": "BSFA (FRL/RRL, integration)", "mmff": "MMFF (fusion, reconstruction)"}
+PAIR_SIZE = 256
+SEED = 5
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+def resolve_weights(weights: str | None, workdir: Path) -> tuple[Path, str]:
+    """The weights file to use and a sentence saying what it is."""
+    if weights:
+        return Path(weights), f"weights file `{weights}`"
+    shipped = checkpoint.default_weights_path("CT")
+    if shipped.is_file():
+        return shipped, f"shipped CT model `{shipped.name}`"
+    path = workdir / "untrained_default.pt"
+    torch.manual_seed(0)
+    checkpoint.save(path, BSFAF(ModelConfig()), "CT")
+    return path, ("**untrained** model of the default `ModelConfig` (no shipped weights yet; "
+                  "same architecture, so the same cost)")
+
+
+def make_pair(size: int, modality: str = "CT") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A misaligned phantom pair: fixed MRI, moving grey (luma) and moving RGB (PET/SPECT)."""
+    pair = phantom_pair(modality, shape=(size, size), seed=SEED)
+    mis = random_misalignment((size, size), seed=SEED)
+    rgb = None if pair.other_rgb is None else np.moveaxis(mis.apply(np.moveaxis(pair.other_rgb, -1, 0)), 0, -1)
+    return pair.mri, mis.apply(pair.other), rgb
+
+
+def network_inputs(model: BSFAF, size: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    fixed, moving, _ = make_pair(size)
+    f = torch.from_numpy(fixed)[None, None].repeat(batch, 1, 1, 1)
+    m = torch.from_numpy(moving)[None, None].repeat(batch, 1, 1, 1)
+    return f.to(next(model.parameters()).device), m.to(next(model.parameters()).device)
+
+
+def pair_tasks(fuser: Fuser, workdir: Path) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables, one per row of the per-pair table (256x256)."""
+    fixed, moving, _ = make_pair(PAIR_SIZE)
+    _, _, pet_rgb = make_pair(PAIR_SIZE, "PET")
+    fixed_png = write_image(fixed, workdir / "in" / "fixed.png")
+    moving_png = write_image(moving, workdir / "in" / "moving.png")
+    f_t, m_t = network_inputs(fuser.model, fuser.model.cfg.img_size)
+
+    def forward() -> object:
+        with torch.no_grad():
+            return fuser.model(f_t, m_t)
+
+    tasks: dict[str, Callable[[], object]] = {
+        f"Ours: forward pass ({fuser.model.cfg.img_size}²)": forward,
+        "Ours: `Fuser.fuse` (in memory)": lambda: fuser.fuse(fixed, moving),
+        "Ours: end to end, files (`fuse_files`)": lambda: fuse_files(fixed_png, moving_png, fuser, workdir / "out", "bench"),
+        "SimpleITK affine + B-spline (1 ITK thread, deterministic)": lambda: register_classical(fixed, moving),
+        "SimpleITK affine + B-spline (ITK default threads)": lambda: register_classical(
+            fixed, moving, ClassicalSettings(threads=None)),
+    }
+    for name in FUSION_RULES:
+        tasks[f"Fusion rule `{name}` (luma)"] = (lambda rule: lambda: get_rule(rule)(fixed, moving))(name)
+    tasks["Fusion rule `laplacian`, PET RGB (YCbCr)"] = lambda: fuse_colour("laplacian", fixed, pet_rgb)
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------- measuring
+
+
+def timeit(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median, min) seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), float(np.min(times))
+
+
+def block_times(model: BSFAF, fixed: torch.Tensor, moving: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
+    """Mean seconds per forward pass spent in each block of :data:`BLOCKS`, and the total."""
+    spent = {name: 0.0 for name in BLOCKS}
+    starts: dict[str, float] = {}
+    handles = []
+    for name in BLOCKS:
+        module = getattr(model, name)
+        handles.append(module.register_forward_pre_hook(
+            lambda _m, _i, name=name: starts.__setitem__(name, time.perf_counter())))
+        handles.append(module.register_forward_hook(
+            lambda _m, _i, _o, name=name: spent.__setitem__(name, spent[name] + time.perf_counter() - starts[name])))
+    try:
+        with torch.no_grad():
+            model(fixed, moving)  # warm-up
+            spent.update({name: 0.0 for name in BLOCKS})
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model(fixed, moving)
+            total = (time.perf_counter() - start) / repeats
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: t / repeats for name, t in spent.items()}, total
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_bytes(field: str = "VmRSS") -> int | None:
+    """``VmRSS`` (current) or ``VmHWM`` (peak) from ``/proc/self/status``, in bytes."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_since_reset(before: int) -> int:
+    """Peak RSS rise since :func:`_reset_peak_rss`; ``getrusage`` where ``/proc`` is missing."""
+    peak = _rss_bytes("VmHWM")
+    if peak is None:  # not Linux: the process-lifetime peak (an upper bound)
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = usage if sys.platform == "darwin" else usage * 1024
+    return max(0, peak - before)
+
+
+def measure_memory_here(task: str, weights: Path, threads: int) -> dict[str, float]:
+    """Run one task once in this (fresh) process; its peak RSS rise and tracemalloc peak (MiB)."""
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        fuser = Fuser("CT", weights, device="cpu")
+        fn = pair_tasks(fuser, Path(tmp))[task]
+        _reset_peak_rss()
+        before = _rss_bytes() or 0
+        tracemalloc.start()
+        fn()
+        _, traced = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        rise = _peak_since_reset(before)
+    return {"rss_rise_mib": rise / 2**20, "tracemalloc_mib": traced / 2**20}
+
+
+def measure_memory(task: str, weights: Path, threads: int) -> dict[str, float]:
+    """:func:`measure_memory_here` in a child process, so earlier tasks do not mask the peak."""
+    cmd = [sys.executable, __file__, "--weights", str(weights), "--threads", str(threads), "--_memory-task", task]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f}"
+
+
+def run(args: argparse.Namespace) -> str:
+    torch.set_num_threads(args.threads)
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        weights, what = resolve_weights(args.weights, workdir)
+        fuser = Fuser("CT", weights, device="cpu")
+        model = fuser.model
+        cfg = model.cfg
+        params = sum(p.numel() for p in model.parameters())
+        lines += [
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads, CPU only.",
+            f"Model: {what}; img_size {cfg.img_size}, channels {cfg.channels}, embed_dim {cfg.embed_dim}, "
+            f"patch {cfg.patch_size}, {params / 1e6:.2f} M parameters.",
+            f"Inputs: phantom CT-MRI pair (seed {SEED}) misaligned by `random_misalignment`. "
+            f"Times: median (min) of {args.repeats} runs after one warm-up, milliseconds.",
+            "",
+            f"#### Per {PAIR_SIZE}×{PAIR_SIZE} pair",
+            "",
+            "| Method | Median ms | Min ms | Peak RSS rise MiB | tracemalloc peak MiB |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, fn in pair_tasks(fuser, workdir).items():
+            median, best = timeit(fn, args.repeats)
+            mem = measure_memory(name, weights, args.threads) if args.memory else None
+            mem_cols = (f"{mem['rss_rise_mib']:.0f} | {mem['tracemalloc_mib']:.1f}" if mem else "- | -")
+            lines.append(f"| {name} | {_ms(median)} | {_ms(best)} | {mem_cols} |")
+            print(f"  done: {name}", file=sys.stderr)
+
+        lines += ["", "#### Image size (one pair)", "",
+                  f"| Size | Forward pass at that size, ms | `Fuser.fuse` (resamples to {cfg.img_size}²), ms |",
+                  "|---|---:|---:|"]
+        for size in args.sizes:
+            f_t, m_t = network_inputs(model, size)
+            fixed, moving, _ = make_pair(size)
+            with torch.no_grad():
+                fwd, _ = timeit(lambda: model(f_t, m_t), args.repeats)
+            fus, _ = timeit(lambda: fuser.fuse(fixed, moving), args.repeats)
+            lines.append(f"| {size}² | {_ms(fwd)} | {_ms(fus)} |")
+            print(f"  done: size {size}", file=sys.stderr)
+
+        lines += ["", f"#### Batch size (forward pass, {cfg.img_size}²)", "",
+                  "| Pairs per batch | ms per batch | ms per pair |", "|---:|---:|---:|"]
+        for batch in args.batches:
+            f_t, m_t = network_inputs(model, cfg.img_size, batch)
+            with torch.no_grad():
+                fwd, _ = timeit(lambda: model(f_t, m_t), args.repeats)
+            lines.append(f"| {batch} | {_ms(fwd)} | {_ms(fwd / batch)} |")
+            print(f"  done: batch {batch}", file=sys.stderr)
+
+        per_block, total = block_times(model, *network_inputs(model, cfg.img_size), args.repeats)
+        lines += ["", f"#### Forward pass by block ({cfg.img_size}², batch 1, mean of {args.repeats})", "",
+                  "| Block | ms | Share |", "|---|---:|---:|"]
+        for name, seconds in per_block.items():
+            lines.append(f"| {BLOCKS[name]} | {_ms(seconds)} | {seconds / total:.0%} |")
+        other = max(0.0, total - sum(per_block.values()))
+        lines += [f"| Other (field resize, final warp, heads) | {_ms(other)} | {other / total:.0%} |",
+                  f"| **Total** | **{_ms(total)}** | 100% |"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", help="model weights (default: shipped CT model, else an untrained default model)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="image sizes to scale over")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8], help="batch sizes to scale over")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory columns (each needs a fresh process)")
+    parser.add_argument("--output", help="also write the Markdown tables to this file")
+    parser.add_argument("--_memory-task", dest="memory_task", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    if args.memory_task:  # child process of measure_memory
+        print(json.dumps(measure_memory_here(args.memory_task, Path(args.weights), args.threads)))
+        return 0
+    start = time.perf_counter()
+    table = run(args)
+    table += f"\n\nBenchmark wall time: {time.perf_counter() - start:.0f} s."
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+# STAND-IN (NOT Slicer): records the extension's metadata.
+file(APPEND "${SLICER_STUB_RECORD}" "EXTENSION ${EXTENSION_NAME} ${EXTENSION_CATEGORY} ${EXTENSION_DEPENDS}\n")

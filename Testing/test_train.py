@@ -1,0 +1,159 @@
+"""Training: config handling, determinism, bit-for-bit resume, learning on synthetic pairs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bsafusion import checkpoint
+from bsafusion.cli import main
+from bsafusion.data import AlignedPairDataset
+from bsafusion.errors import InputError
+from bsafusion.losses import LossWeights, compute_losses
+from bsafusion.metrics.registration import ncc
+from bsafusion.model import BSFAF
+from bsafusion.phantom import write_phantom_dataset
+from bsafusion.train import RunConfig, Trainer, load_config
+
+TINY_MODEL = {"img_size": 64, "channels": 8, "embed_dim": 32, "patch_size": 8, "heads": 2,
+              "pyramid_channels": [16, 12, 8]}
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root, n_pairs=6, modalities=("CT",), shape=(64, 64), seed=1)
+    return root
+
+
+def _config(root: Path, out: Path, **train) -> RunConfig:
+    data = {
+        "model": TINY_MODEL,
+        "train": {"data_root": str(root), "modalities": ["CT"], "val_root": None, "out_dir": str(out),
+                  "crop_size": 64, "batch_size": 2, "samples_per_epoch": 4, "epochs": 3, "lr": 1e-3,
+                  "checkpoint_every": 2, "device": "cpu",
+                  "misalignment": {"max_rotation_deg": 5.0, "max_elastic": 8.0}, **train},
+    }
+    return RunConfig.from_dict(data)
+
+
+def test_overrides_and_unknown_keys(tmp_path):
+    cfg = load_config(None, ["train.lr=0.01", "loss.gradient=3", "model.channels=8"])
+    assert cfg.train.lr == 0.01 and cfg.loss.gradient == 3 and cfg.model.channels == 8
+    with pytest.raises(InputError):
+        load_config(None, ["train.nonsense=1"])
+    with pytest.raises(InputError):
+        load_config(None, ["lr=1"])
+    with pytest.raises(InputError):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_setting_a_switches_off_exchange_and_ce2():
+    cfg = load_config(None, ["train.ablation=setting_a"])
+    assert cfg.model.exchange is False and cfg.loss.ce2 == 0
+    cfg_b = load_config(None, ["train.ablation=setting_b"])
+    assert cfg_b.model.exchange is False and cfg_b.loss.ce2 > 0
+
+
+def test_batches_are_a_pure_function_of_the_step(phantom_root, tmp_path):
+    t1 = Trainer(_config(phantom_root, tmp_path / "a"), progress=False)
+    t2 = Trainer(_config(phantom_root, tmp_path / "b"), progress=False)
+    b5 = t1.batch_for_step(5)
+    t1.batch_for_step(0)
+    assert torch.equal(b5["moving"], t2.batch_for_step(5)["moving"])
+    assert not torch.equal(b5["moving"], t2.batch_for_step(4)["moving"])
+
+
+def test_resume_continues_bit_for_bit(phantom_root, tmp_path):
+    straight = Trainer(_config(phantom_root, tmp_path / "straight"), progress=False)
+    straight.fit()
+    interrupted = Trainer(_config(phantom_root, tmp_path / "resumed"), progress=False)
+    interrupted.fit(max_steps=2)
+    resumed = Trainer(_config(phantom_root, tmp_path / "resumed"), resume=True, progress=False)
+    assert resumed.step == 2
+    resumed.fit()
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    rows = (tmp_path / "resumed" / "train_log.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + straight.config.train.total_steps  # no duplicated steps after resume
+
+
+def test_resume_refuses_another_configuration(phantom_root, tmp_path):
+    Trainer(_config(phantom_root, tmp_path / "run"), progress=False).fit(max_steps=2)
+    with pytest.raises(InputError):
+        Trainer(_config(phantom_root, tmp_path / "run", lr=5e-4), resume=True, progress=False)
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = BSFAF(RunConfig.from_dict({"model": TINY_MODEL}).model).eval()
+    checkpoint.save(tmp_path / "w.pt", model, "CT")
+    loaded = checkpoint.load_model(tmp_path / "w.pt", "CT")
+    a, b = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(a, b).fused, loaded(a, b).fused)
+
+
+def test_bad_weights_are_input_errors(tmp_path):
+    model = BSFAF(RunConfig.from_dict({"model": TINY_MODEL}).model)
+    checkpoint.save(tmp_path / "ct.pt", model, "CT")
+    with pytest.raises(InputError, match="trained for CT"):
+        checkpoint.load_model(tmp_path / "ct.pt", "PET")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip file")
+    with pytest.raises(InputError, match="junk.pt"):
+        checkpoint.load_model(tmp_path / "junk.pt")
+    payload = checkpoint.read(tmp_path / "ct.pt")
+    payload["model_config"]["channels"] = 12  # the state dict no longer fits
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(InputError, match="architecture"):
+        checkpoint.load_model(tmp_path / "mismatch.pt")
+    with pytest.raises(InputError, match="not found"):
+        checkpoint.load_model(tmp_path / "absent.pt")
+
+
+def _held_back_ncc(model, pairs):
+    scores = []
+    with torch.no_grad():
+        for item in pairs:
+            out = model(item["fixed"][None], item["moving"][None])
+            scores.append(ncc(out.warped_moving[0, 0].numpy(), item["moving_aligned"][0].numpy()))
+    return float(np.mean(scores))
+
+
+SHIFTS = {"max_rotation_deg": 2.0, "max_scale": 0.0, "max_shear": 0.0, "max_translation": 0.08, "max_elastic": 4.0}
+
+
+def test_few_steps_lower_the_loss_and_improve_registration(phantom_root, tmp_path):
+    torch.manual_seed(0)
+    cfg = _config(phantom_root, tmp_path / "learn", epochs=40, samples_per_epoch=8, batch_size=4, lr=1e-3,
+                  checkpoint_every=1000, misalignment=SHIFTS)
+    trainer = Trainer(cfg, progress=False)
+    held = AlignedPairDataset(phantom_root, "CT", size=64, augment=False, seed=99, misalignment=SHIFTS)
+    pairs = [held[i] for i in range(4)]
+    before_ncc = _held_back_ncc(trainer.model.eval(), pairs)
+    batch = trainer.batch_for_step(0)
+    with torch.no_grad():
+        before_loss = float(compute_losses(trainer.model(batch["fixed"], batch["moving"]), batch, LossWeights())["total"])
+    trainer.fit()
+    with torch.no_grad():
+        after_loss = float(compute_losses(trainer.model.eval()(batch["fixed"], batch["moving"]), batch, LossWeights())["total"])
+    after_ncc = _held_back_ncc(trainer.model, pairs)
+    assert after_loss < 0.8 * before_loss
+    assert after_ncc > before_ncc + 0.02, (before_ncc, after_ncc)
+
+
+def test_cli_train_runs_and_exports(phantom_root, tmp_path):
+    out = tmp_path / "cli"
+    code = main(["train", "--data", str(phantom_root), "--modality", "CT", "--out", str(out), "--device", "cpu",
+                 "--no-progress", "--export", str(tmp_path / "w.pt"),
+                 *[f"--set=model.{k}={v}" for k, v in TINY_MODEL.items()],
+                 "--set=train.val_root=null", "--set=train.epochs=1", "--set=train.samples_per_epoch=2",
+                 "--set=train.batch_size=2", "--set=train.crop_size=64"])
+    assert code == 0
+    assert (out / "checkpoint.pt").is_file() and (out / "train_log.csv").is_file()
+
+
+def test_cli_train_bad_data_exits_2(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "nowhere" in capsys.readouterr().err

@@ -279,3 +279,57 @@ def test_fusion_rejects_bad_input():
         fuse_average(A, B[:-1])
     with pytest.raises(InputError, match="NaN"):
         fuse_max_abs(A, np.full_like(B, np.nan))
+
+
+# ------------------------------------------------------------------------------ speed benchmark
+
+
+def _speed_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("bsafusion_speed_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_weights(tmp_path):
+    import torch
+
+    from bsafusion import checkpoint
+    from bsafusion.model import BSFAF, ModelConfig
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    cfg = ModelConfig(img_size=64, channels=8, embed_dim=32, patch_size=8, heads=2, pyramid_channels=(16, 12, 8))
+    checkpoint.save(path, BSFAF(cfg), "CT")
+    return path
+
+
+def test_speed_block_times_cover_the_forward_pass(tmp_path):
+    from bsafusion import checkpoint
+
+    speed = _speed_module()
+    model = checkpoint.load_model(_tiny_weights(tmp_path), "CT")
+    per_block, total = speed.block_times(model, *speed.network_inputs(model, 64), repeats=1)
+    assert set(per_block) == set(speed.BLOCKS)
+    assert all(t > 0 for t in per_block.values())
+    assert sum(per_block.values()) <= total * 1.05
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())  # hooks removed
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs(tmp_path, capsys):
+    speed = _speed_module()
+    weights = _tiny_weights(tmp_path)
+    out = tmp_path / "speed.md"
+    assert speed.main(["--weights", str(weights), "--repeats", "1", "--sizes", "64", "--batches", "1", "2",
+                       "--no-memory", "--output", str(out)]) == 0
+    table = out.read_text()
+    for row in ["Ours: forward pass", "fuse_files", "SimpleITK affine + B-spline", "`laplacian`", "| 64² |",
+                "| 2 |", "MMFF", "**Total**"]:
+        assert row in table
+    memory = speed.measure_memory("Fusion rule `laplacian` (luma)", weights, threads=2)
+    assert memory["tracemalloc_mib"] > 0.5  # 256x256 float64 pyramids

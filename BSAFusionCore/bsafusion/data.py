@@ -39,7 +39,7 @@ from bsafusion.deform import random_misalignment, warp_numpy
 from bsafusion.errors import InputError
 from bsafusion.io import IMAGE_SUFFIXES, image_stem, image_suffix, read_luma, read_slice
 
-__all__ = ["MODALITIES", "MRI_CLASS", "modality_index", "AlignedPairDataset", "UnalignedCaseDataset"]
+__all__ = ["MODALITIES", "MRI_CLASS", "modality_index", "list_images", "AlignedPairDataset", "UnalignedCaseDataset"]
 
 MODALITIES: tuple[str, ...] = ("CT", "PET", "SPECT")
 """Moving modalities, in class order (CT=0, PET=1, SPECT=2)."""
@@ -78,7 +78,7 @@ def _case_folder(root: Path, modality: str) -> Path:
     raise InputError(f"{root}: expected folders {modality}/MRI and {modality}/{modality} (or MRI and {modality})")
 
 
-def _images(folder: Path) -> dict[str, Path]:
+def list_images(folder: Path) -> dict[str, Path]:
     """Image files of ``folder`` by name without extension (hidden files skipped)."""
     found: dict[str, Path] = {}
     for path in folder.iterdir():
@@ -93,7 +93,7 @@ def _images(folder: Path) -> dict[str, Path]:
 
 def _paired(folders: list[Path], optional: list[Path]) -> tuple[list[str], list[list[Path]]]:
     """Names present in every folder (natural order) and their files; a missing partner is an error."""
-    listings = [_images(folder) for folder in folders + optional]
+    listings = [list_images(folder) for folder in folders + optional]
     names = sorted(listings[0], key=_natural_key)
     if not names:
         raise InputError(f"{folders[0]}: no images found")

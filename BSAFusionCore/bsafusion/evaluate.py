@@ -57,7 +57,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 
 import numpy as np
 
-from bsafusion.data import MODALITIES, UnalignedCaseDataset, _images
+from bsafusion.baselines.fusion_rules import fuse_average
+from bsafusion.data import MODALITIES, UnalignedCaseDataset, list_images
 from bsafusion.errors import InputError
 from bsafusion.io import atomic_output, read_luma
 from bsafusion.metrics import FUSION_METRICS
@@ -252,7 +253,7 @@ class OutputFolder:
             base = self._base(modality)
             fused_dir = next(base / name for name in self.FUSED_FOLDERS if (base / name).is_dir())
             align_dir = base / f"{modality}_align"
-            self._files[modality] = (_images(fused_dir), _images(align_dir) if align_dir.is_dir() else None)
+            self._files[modality] = (list_images(fused_dir), list_images(align_dir) if align_dir.is_dir() else None)
         return self._files[modality]
 
     def check(self, datasets: Iterable[UnalignedCaseDataset]) -> None:
@@ -292,8 +293,12 @@ def no_registration(case: Case) -> MethodOutput:
 
     A user who skips registration gets this; its registration metrics are those of the input
     misalignment, and its fusion metrics against the aligned truth show what misalignment costs.
+    The average is :func:`bsafusion.baselines.fuse_average`, the rule of the two-stage baselines
+    (``bsafusion benchmark`` reports this method as "No reg + average"), rounded to float32 like
+    the case's images.
     """
-    return MethodOutput(fused_luma=0.5 * (case.fixed + case.moving), aligned_luma=case.moving)
+    fused = fuse_average(case.fixed, case.moving).astype(np.float32)
+    return MethodOutput(fused_luma=fused, aligned_luma=case.moving)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -20,13 +20,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from skimage.transform import resize
 from tqdm import tqdm
 
 from bsafusion import checkpoint
-from bsafusion.colour import merge_luma, split_luma
+from bsafusion.colour import NEUTRAL_CHROMA, merge_luma, split_luma
 from bsafusion.deform import resize_field, warp
 from bsafusion.errors import InputError
-from bsafusion.io import read_image, read_slice, write_image
+from bsafusion.io import read_image, read_luma, read_slice, write_image
 from bsafusion.model import BSFAF
 from bsafusion.train import resolve_device
 from bsafusion.transforms import field_to_displacement_image
@@ -96,8 +97,10 @@ class Fuser:
         for i, (fixed, moving) in enumerate(pairs):
             fixed = _check_image(fixed, f"pair {i} fixed", allow_rgb=False)
             moving = _check_image(moving, f"pair {i} moving", allow_rgb=True)
-            if moving.ndim == 3:
+            if moving.ndim == 3 and not (np.ptp(moving, axis=-1) < 1e-6).all():
                 luma, chroma = split_luma(moving)
+            elif moving.ndim == 3:  # grey stored as RGB: its own luma (as the data loaders do)
+                luma, chroma = moving[..., 0], None
             else:
                 luma, chroma = moving, None
             if fixed.max() - fixed.min() < 1e-6 or luma.max() - luma.min() < 1e-6:
@@ -117,7 +120,8 @@ class Fuser:
         out = self.model(_resize(fixed_t, net), _resize(moving_full, net))
         field = resize_field(out.field_ba, shape)
         inverse = resize_field(out.field_ab, shape)
-        aligned_luma = warp(moving_full, field)
+        # border padding: the studio-range background of PET/SPECT luma is 16/255, not 0
+        aligned_luma = warp(moving_full, field, padding="border")
         fused_luma = _resize(out.fused, shape).clamp(0, 1)
 
         results = []
@@ -127,7 +131,7 @@ class Fuser:
             if chroma is not None:
                 chroma_t = _resize(torch.from_numpy(np.moveaxis(chroma, -1, 0))[None].to(dev), shape)
                 # zero padding would mean "Cb = Cr = 0" (saturated green): pad with neutral chroma
-                chroma_al = (warp(chroma_t - 0.5, field[i : i + 1]) + 0.5)[0].cpu().numpy()
+                chroma_al = (warp(chroma_t - NEUTRAL_CHROMA, field[i : i + 1]) + NEUTRAL_CHROMA)[0].cpu().numpy()
                 chroma_al = np.moveaxis(chroma_al, 0, -1)
                 fused, aligned = merge_luma(y_fused, chroma_al), merge_luma(y_aligned, chroma_al)
             else:
@@ -160,7 +164,7 @@ def write_result(result: FusionResult, fixed_image: sitk.Image, out_dir: str | P
     write_image(result.fused, paths["fused"])
     write_image(result.aligned, paths["aligned"])
     write_image(field_to_displacement_image(result.field, geometry), paths["field"])
-    moving_show = moving if moving.shape[:2] == fixed.shape else result.aligned * 0
+    moving_show = moving if moving.shape[:2] == fixed.shape else resize(moving, fixed.shape, order=1, anti_aliasing=True)
     save_panel(paths["panel"], [
         ("fixed (MRI)", fixed), ("moving", moving_show), ("aligned", result.aligned),
         ("checkerboard", checkerboard(fixed, result.aligned_luma)), ("fused", result.fused),
@@ -172,9 +176,8 @@ def fuse_files(fixed_path: str | Path, moving_path: str | Path, fuser: Fuser, ou
                stem: str | None = None) -> dict[str, Path]:
     """Read a pair of 2D images, fuse them and write every output (nothing on error)."""
     fixed = read_slice(fixed_path, grey=True)
-    moving = read_slice(moving_path, grey=False)
-    if moving.ndim == 3 and np.allclose(moving[..., 0], moving[..., 1]) and np.allclose(moving[..., 0], moving[..., 2]):
-        moving = moving[..., 0]
+    luma, chroma = read_luma(moving_path)
+    moving = luma if chroma is None else read_slice(moving_path, grey=False)
     result = fuser.fuse(fixed, moving)
     return write_result(result, read_image(fixed_path), out_dir, stem or Path(moving_path).stem, fixed, moving)
 

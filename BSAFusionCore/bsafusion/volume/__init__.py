@@ -37,6 +37,7 @@ from bsafusion.volume.geometry import (
     slice_frame,
 )
 from bsafusion.volume.pipeline import (
+    PREALIGN_SPACING_MM,
     SLICE_SIGMA_MM,
     Cancelled,
     VolumeResult,
@@ -50,6 +51,7 @@ __all__ = [
     "MAX_SPACING_MM",
     "MIN_OVERLAP",
     "OUTPUT_FILES",
+    "PREALIGN_SPACING_MM",
     "SLICE_SIGMA_MM",
     "Cancelled",
     "SliceFrame",

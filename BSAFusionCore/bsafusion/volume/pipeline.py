@@ -10,8 +10,11 @@ Stages (the keys of :attr:`VolumeResult.timings`)
     ``prealign_rigid=True``), because both volumes show the same patient's head, which differs
     in pose but not in size; a 12-parameter affine (``prealign_rigid=False``) can also absorb
     scanner scaling, but on partial fields of view (a CT slab inside a whole-head MRI) it
-    tends to shrink or shear the anatomy. Skipped with ``prealign=False``; the scanner
-    coordinates are then trusted. The overlap check follows it.
+    tends to shrink or shear the anatomy. It runs on copies block-averaged to voxels of about
+    :data:`PREALIGN_SPACING_MM` = 2.5 mm (``sitk.BinShrink`` by integer factors, physical space
+    unchanged): a 256 x 256 x 150 pair then takes seconds instead of minutes, and the
+    transform, being physical, applies to the full-resolution volumes. Skipped with
+    ``prealign=False``; the scanner coordinates are then trusted. The overlap check follows it.
 ``resample``
     The normalised moving volume is resampled (linear) into the fixed grid through the affine.
 ``network``
@@ -89,6 +92,7 @@ from bsafusion.volume.geometry import (
 
 __all__ = [
     "SLICE_SIGMA_MM",
+    "PREALIGN_SPACING_MM",
     "Cancelled",
     "VolumeResult",
     "register_and_fuse_volumes",
@@ -98,6 +102,8 @@ __all__ = [
 
 #: Gaussian sigma (mm) of the smoothing of the stacked fields along the slice axis.
 SLICE_SIGMA_MM = 2.0
+#: Voxel size (mm) the volumes are block-averaged to for the pre-alignment (speed).
+PREALIGN_SPACING_MM = 2.5
 _CONTENT_LEVEL = 0.05  # normalised intensity counted as anatomy
 _CONTENT_FRACTION = 0.005  # share of a slice's pixels above _CONTENT_LEVEL for it to hold anatomy
 _COLOUR = ("PET", "SPECT")
@@ -267,10 +273,23 @@ def _image_like(array: np.ndarray, reference: sitk.Image, vector: bool = False) 
     return image
 
 
+def _coarse(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """Block-average ``image`` (float32) to voxels of about ``spacing_mm`` (never finer than given).
+
+    Bin shrinking keeps physical space exact (origin and spacing are updated), so a transform
+    found on the coarse volumes applies unchanged to the full-resolution ones.
+    """
+    factors = [max(1, int(spacing_mm // s)) for s in image.GetSpacing()]
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
+
+
 def _prealign(fixed: sitk.Image, moving: sitk.Image, rigid: bool) -> sitk.Transform:
+    """Pre-alignment of the *normalised* volumes (non-negative, air 0), initialised by moments."""
     from bsafusion.baselines import prealign_affine  # the registration baseline, loaded when used
 
-    return prealign_affine(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32), rigid=rigid)
+    return prealign_affine(_coarse(fixed, PREALIGN_SPACING_MM), _coarse(moving, PREALIGN_SPACING_MM),
+                           rigid=rigid, initializer="moments")
 
 
 def register_and_fuse_volumes(
@@ -367,7 +386,7 @@ def register_and_fuse_volumes(
 
     t = time.perf_counter()
     report(0.05, "pre-alignment" if prealign else "pre-alignment skipped")
-    affine = _prealign(fixed, moving, prealign_rigid) if prealign else sitk.AffineTransform(3)
+    affine = _prealign(fixed_n, moving_n, prealign_rigid) if prealign else sitk.AffineTransform(3)
     timings["prealign"] = time.perf_counter() - t
     report(0.2, "checking overlap")
     covered = coverage_mask(fixed, moving, affine)

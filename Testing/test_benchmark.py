@@ -15,6 +15,8 @@ import re
 import numpy as np
 import pytest
 
+from bsafusion.infer import Fuser
+
 from bsafusion import checkpoint, io
 from bsafusion.baselines import FUSION_RULES
 from bsafusion.benchmark import (
@@ -22,7 +24,6 @@ from bsafusion.benchmark import (
     PUBLISHED,
     ClassicalRegistration,
     TwoStage,
-    load_fuser,
     run_benchmark,
     weights_file,
 )
@@ -294,14 +295,14 @@ def test_input_errors(data, tmp_path, kwargs, message):
 # --------------------------------------------------------------------------- pieces
 
 
-def test_load_fuser_accepts_multi_modality_models_only_for_their_modalities(data):
-    assert load_fuser("PET", data / "run" / "best.pt", "cpu").modality == "PET"
+def test_multi_modality_models_load_only_for_their_modalities(data):
+    assert Fuser("PET", data / "run" / "best.pt", "cpu").modality == "PET"
     assert weights_file(data / "run", "SPECT") == data / "run" / "best.pt"
     assert weights_file(data / "weights", "PET") == data / "weights" / "bsafusion_pet.pt"
     with pytest.raises(InputError, match="trained for CT\\+PET"):
-        load_fuser("SPECT", data / "run" / "best.pt", "cpu")
+        Fuser("SPECT", data / "run" / "best.pt", "cpu")
     with pytest.raises(InputError, match="trained for CT, not PET"):
-        load_fuser("PET", data / "weights" / "bsafusion_ct.pt", "cpu")
+        Fuser("PET", data / "weights" / "bsafusion_ct.pt", "cpu")
     with pytest.raises(InputError, match="no best.pt or bsafusion_spect.pt"):
         weights_file(data / "weights", "SPECT")
 

@@ -462,6 +462,10 @@ def test_real_ct_to_mri_volumes(volumes_dir: Path, tiny_weights, tmp_path: Path)
     mi_before = mutual_information(_array(mri).astype(float), _array(before))
     mi_after = mutual_information(_array(mri).astype(float), _array(result.aligned))
     assert mi_after > 1.2 * mi_before, (mi_before, mi_after)
+    # the CT is an 8 mm slab through the vertex (a small skull cap, see its slices): it must land
+    # in the top slices of the 33-slice whole-head MRI, not mid-head
+    slab = np.nonzero((_array(result.aligned) > 500).sum(axis=(1, 2)))[0]
+    assert slab.size and slab.min() >= 24, slab
     assert result.overlap > 0.5
     assert result.inverse_consistency_mm < 1.0
     assert _same_geometry(result.fused, mri)

@@ -18,7 +18,7 @@ Methods (selection keys in brackets, table order)
     Other BSFA-F models (the paper's ablations, or any model to compare), given as
     ``{name: file_or_folder}``: a weights file, a training run folder (its ``best.pt``) or a
     folder of ``bsafusion_<mod>.pt``. Models trained on several modalities at once (trained
-    for ``"CT+PET+SPECT"``) are accepted for each of those modalities (:func:`load_fuser`).
+    for ``"CT+PET+SPECT"``) are accepted for each of those modalities (:func:`bsafusion.checkpoint.load_model`).
 ``BSAFusion (published)`` [``published``]
     The authors' published outputs read from a folder (:class:`bsafusion.evaluate.OutputFolder`;
     its run time is the time to read the files, not the authors' compute). A case without its
@@ -107,7 +107,6 @@ __all__ = [
     "NetworkMethod",
     "TwoStage",
     "weights_file",
-    "load_fuser",
     "build_methods",
     "run_benchmark",
 ]
@@ -148,27 +147,6 @@ def weights_file(source: str | os.PathLike, modality: str) -> Path:
             return candidate
     name = checkpoint.default_weights_path(modality).name
     raise InputError(f"{source}: no best.pt or {name} (weights for {modality.upper()}) in this folder")
-
-
-def load_fuser(modality: str, weights: str | os.PathLike, device: str = "auto") -> Fuser:
-    """A :class:`~bsafusion.infer.Fuser` for ``modality``, also from a multi-modality model.
-
-    A model trained on several modalities at once is saved as trained for ``"CT+PET+SPECT"``,
-    which :func:`bsafusion.checkpoint.load_model` refuses for a single modality (it accepts
-    that modality or ``"ALL"``). When ``modality`` is one of those the file names, the model
-    is loaded without that check; any other mismatch stays an error.
-    """
-    try:
-        return Fuser(modality, weights, device)
-    except InputError:
-        trained_for = str(checkpoint.read(weights).get("modality", "")).upper().split("+")
-        if len(trained_for) < 2 or modality.upper() not in trained_for:
-            raise
-    fuser = object.__new__(Fuser)  # Fuser's own state, with the model loaded unchecked
-    fuser.modality, fuser.weights = modality.upper(), Path(weights)
-    fuser.device = resolve_device(device)
-    fuser.model = checkpoint.load_model(weights, None, fuser.device)
-    return fuser
 
 
 class NetworkMethod:
@@ -324,7 +302,7 @@ def _network(name: str, source: str | os.PathLike | None, modalities: Sequence[s
         path = checkpoint.default_weights_path(modality) if source is None else weights_file(source, modality)
         if not path.is_file():
             raise InputError(f"{path}: no weights file for {name} ({modality}); give a weights folder")
-        fusers[modality] = load_fuser(modality, path, device)
+        fusers[modality] = Fuser(modality, path, device)
     return NetworkMethod(fusers)
 
 

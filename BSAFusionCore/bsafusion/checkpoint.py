@@ -67,12 +67,14 @@ def read(path: str | Path) -> dict[str, Any]:
 def load_model(path: str | Path, modality: str | None = None, device: torch.device | str = "cpu") -> BSFAF:
     """Build the model a weights file describes and load its parameters.
 
-    ``modality`` (when given) must match the modality the model was trained for: a CT model
-    applied to PET would silently give poor results, so it is an error.
+    ``modality`` (when given) must be one the model was trained for (``"CT"``, or one of a
+    multi-modality model's ``"CT+PET+SPECT"``): a CT model applied to PET would silently give
+    poor results, so it is an error.
     """
     payload = read(path)
-    trained_for = payload.get("modality", "")
-    if modality is not None and trained_for not in (modality.upper(), "ALL"):
+    trained_for = str(payload.get("modality", "")).upper()
+    # a model trained on several modalities together is saved as e.g. "CT+PET+SPECT"
+    if modality is not None and modality.upper() not in trained_for.split("+"):
         raise InputError(f"{path}: model trained for {trained_for}, not {modality.upper()}")
     try:
         cfg = ModelConfig.from_dict(payload["model_config"])

@@ -5,16 +5,20 @@ Stages (the keys of :attr:`VolumeResult.timings`)
 ``normalise``
     Checks (geometry, modality) and per-volume intensity scaling (:mod:`bsafusion.intensity`).
 ``prealign``
-    Mutual-information pre-alignment of the original volumes
-    (:func:`bsafusion.baselines.prealign_affine`): **rigid** by default (6 degrees of freedom,
-    ``prealign_rigid=True``), because both volumes show the same patient's head, which differs
-    in pose but not in size; a 12-parameter affine (``prealign_rigid=False``) can also absorb
-    scanner scaling, but on partial fields of view (a CT slab inside a whole-head MRI) it
-    tends to shrink or shear the anatomy. It runs on copies block-averaged to voxels of about
-    :data:`PREALIGN_SPACING_MM` = 2.5 mm (``sitk.BinShrink`` by integer factors, physical space
-    unchanged): a 256 x 256 x 150 pair then takes seconds instead of minutes, and the
-    transform, being physical, applies to the full-resolution volumes. Skipped with
-    ``prealign=False``; the scanner coordinates are then trusted. The overlap check follows it.
+    Mutual-information pre-alignment (:func:`bsafusion.baselines.prealign_affine`), **rigid**
+    by default (``prealign_rigid=True``): both volumes show the same patient's head, which
+    differs in pose, not in size; a 12-parameter affine (``prealign_rigid=False``) can also
+    absorb scanner scaling, but on partial fields of view (a CT slab inside a whole-head MRI)
+    it tends to shrink or shear the anatomy. It registers the *normalised* volumes,
+    initialised by their intensity centres of mass (``initializer="moments"``): normalised
+    volumes are non-negative with air at 0, so the moments are the anatomy's (raw CT in HU has
+    air at -1000 and padding below), and on the real CT slab of ``../shared/data/volumes`` the
+    image-centre initialisation lands the slab mid-head, the moments one at the vertex where it
+    belongs. It runs on copies block-averaged to voxels of about :data:`PREALIGN_SPACING_MM` =
+    2.5 mm (``sitk.BinShrink`` by integer factors, physical space unchanged): a 256 x 256 x 150
+    pair then takes seconds instead of minutes, and the transform, being physical, applies to
+    the full-resolution volumes. Skipped with ``prealign=False``; the scanner coordinates are
+    then trusted. The overlap check follows it.
 ``resample``
     The normalised moving volume is resampled (linear) into the fixed grid through the affine.
 ``network``

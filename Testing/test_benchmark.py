@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import numpy as np
 import pytest
@@ -43,6 +42,8 @@ from bsafusion.evaluate import (
 from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import phantom_pair
 from bsafusion.report import METRIC_LABELS, format_value
+
+from report_tables import parse_report_tables  # Testing/report_tables.py
 
 SIZE = 64
 CASES = {"CT": 2, "PET": 1}
@@ -172,27 +173,10 @@ def test_classical_time_counts_the_shared_registration_for_every_rule(full):
 # --------------------------------------------------------------------------- report
 
 
-def _tables(text: str) -> dict[str, dict[str, dict[str, str]]]:
-    """modality -> method -> column header -> raw cell (bold kept), from the report's tables."""
-    tables: dict[str, dict[str, dict[str, str]]] = {}
-    modality, header = None, None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            heading = re.match(r"## (\w+) \(\d+ cases?\)$", line)
-            modality, header = (heading.group(1) if heading else None), None
-        elif modality and line.startswith("|") and not line.startswith("|---"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if header is None:
-                header = cells
-            else:
-                tables.setdefault(modality, {})[cells[0]] = dict(zip(header, cells))
-    return tables
-
-
 def test_report_tables_equal_csv_means(full):
     report, rows = full
     text = report.read_text()
-    tables = _tables(text)
+    tables = parse_report_tables(text)
     assert set(tables) == set(CASES)
     headers = {f"{METRIC_LABELS[m]} {arrow}": m for m in METRIC_NAMES for arrow in "↑↓"}
     checked = 0
@@ -216,7 +200,7 @@ def test_report_tables_equal_csv_means(full):
 
 def test_best_is_bold_with_lower_is_better_q_cv(full):
     report, rows = full
-    table = _tables(report.read_text())["CT"]
+    table = parse_report_tables(report.read_text())["CT"]
     means = {e["method"]: e for e in summarize(rows) if e["modality"] == "CT"}
     for metric, pick in (("q_cv", min), ("q_abf", max)):
         header = next(h for h in table[OURS] if h.startswith(METRIC_LABELS[metric] + " "))

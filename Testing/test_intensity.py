@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from bsafusion.errors import InputError
 from bsafusion.intensity import (
     CT_WINDOW,

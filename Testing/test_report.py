@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 
 import numpy as np
 import pytest
@@ -12,6 +11,8 @@ import pytest
 from bsafusion import io
 from bsafusion.evaluate import METRIC_NAMES, ROW_KEYS, read_csv, summarize
 from bsafusion.report import METRIC_LABELS, best_methods, format_value, markdown_tables, write_report
+
+from report_tables import parse_report_tables  # Testing/report_tables.py
 
 METHODS = ("ours", "published", "average")
 
@@ -51,23 +52,6 @@ def report(tmp_path_factory):
     return rows, out, files
 
 
-def _tables(markdown: str) -> dict[str, dict[str, dict[str, str]]]:
-    """Parse report.md: modality -> method -> column header -> cell text."""
-    tables: dict[str, dict[str, dict[str, str]]] = {}
-    modality, header = None, None
-    for line in markdown.splitlines():
-        if line.startswith("#"):
-            heading = re.match(r"^#+ (\w+) \(\d+ cases\)$", line)
-            modality, header = (heading.group(1) if heading else None), None
-        elif line.startswith("| ") and modality is not None:
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if header is None:
-                header = cells
-            else:
-                tables.setdefault(modality, {})[cells[0]] = dict(zip(header, cells))
-    return tables
-
-
 def _mean_of(cell: str) -> tuple[float, int, bool]:
     """(mean, decimals shown, bold) of a ``mean ± std`` cell."""
     bold = cell.startswith("**")
@@ -92,7 +76,7 @@ def test_table_values_equal_csv_means(report):
     _, out, _ = report
     csv_rows = read_csv(out / "per_case.csv")
     assert [list(r) for r in csv_rows] == [list(ROW_KEYS)] * len(csv_rows)
-    tables = _tables((out / "report.md").read_text(encoding="utf-8"))
+    tables = parse_report_tables((out / "report.md").read_text(encoding="utf-8"))
     assert set(tables) == {"CT", "PET"} and all(set(t) == set(METHODS) for t in tables.values())
     checked = 0
     for modality, table in tables.items():
@@ -127,7 +111,7 @@ def test_summary_csv_equals_per_case_means(report):
 
 def test_best_in_bold_respects_direction(report):
     _, out, _ = report
-    tables = _tables((out / "report.md").read_text(encoding="utf-8"))
+    tables = parse_report_tables((out / "report.md").read_text(encoding="utf-8"))
     for modality, table in tables.items():
         bold = {h: [m for m, cells in table.items() if cells[h].startswith("**")] for h in table["ours"] if "↑" in h or "↓" in h}
         assert bold["Q_AB/F ↑"] == ["ours"] and bold["NCC ↑"] == ["ours"]

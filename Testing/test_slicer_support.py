@@ -16,7 +16,6 @@ import torch
 
 from bsafusion import checkpoint, slicer_support
 from bsafusion.errors import InputError
-from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import phantom_pair
 from bsafusion.slicer_support import (
     BackgroundJob,
@@ -39,14 +38,7 @@ SHAPE = (8, 48, 48)
 SPACING = (1.5, 1.4, 3.0)
 ORIGIN = (-30.0, -25.0, 12.0)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on 2 shared CI cores: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures of conftest.py
 
 
 def _volume(array: np.ndarray) -> sitk.Image:
@@ -57,23 +49,11 @@ def _volume(array: np.ndarray) -> sitk.Image:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, str]:
-    torch.manual_seed(0)
-    cfg = ModelConfig(img_size=64, channels=8, embed_dim=32, patch_size=8, heads=2, pyramid_channels=(16, 12, 8))
-    folder = tmp_path_factory.mktemp("weights")
-    paths = {}
-    for modality in ("CT", "PET"):
-        paths[modality] = str(folder / f"tiny_{modality}.pt")
-        checkpoint.save(paths[modality], BSFAF(cfg), modality)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def results(weights) -> dict[str, tuple[RunRequest, object]]:
+def results(tiny_weights) -> dict[str, tuple[RunRequest, object]]:
     out = {}
     for modality in ("CT", "PET"):
         pair = phantom_pair(modality, shape=SHAPE, seed=5)
-        params = validate_parameters(modality, weights[modality], device="cpu", prealign=False)
+        params = validate_parameters(modality, tiny_weights[modality], device="cpu", prealign=False)
         request = RunRequest(_volume(pair.mri), _volume(pair.other), params, names=("mri", "other"))
         out[modality] = (request, run_core(request))
     return out
@@ -82,10 +62,10 @@ def results(weights) -> dict[str, tuple[RunRequest, object]]:
 # ------------------------------------------------------------------------------- parameters
 
 
-def test_validate_parameters_normalises_and_keeps_choices(weights):
-    p = validate_parameters(" pet ", weights["PET"], device="CPU", prealign=0, axis="Coronal", batch_size=3)
+def test_validate_parameters_normalises_and_keeps_choices(tiny_weights):
+    p = validate_parameters(" pet ", tiny_weights["PET"], device="CPU", prealign=0, axis="Coronal", batch_size=3)
     assert (p.modality, p.device, p.prealign, p.axis, p.batch_size) == ("PET", "cpu", False, "coronal", 3)
-    assert str(p.weights) == weights["PET"]
+    assert str(p.weights) == tiny_weights["PET"]
 
 
 @pytest.mark.parametrize("kwargs, needle", [
@@ -96,16 +76,16 @@ def test_validate_parameters_normalises_and_keeps_choices(weights):
     ({"batch_size": 2.5}, "batch size"),
     ({"batch_size": True}, "batch size"),
 ])
-def test_validate_parameters_rejects_bad_choices(weights, kwargs, needle):
-    args = {"modality": "CT", "weights": weights["CT"], **kwargs}
+def test_validate_parameters_rejects_bad_choices(tiny_weights, kwargs, needle):
+    args = {"modality": "CT", "weights": tiny_weights["CT"], **kwargs}
     with pytest.raises(InputError, match=needle):
         validate_parameters(**args)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_validate_parameters_rejects_cuda_without_gpu(weights):
+def test_validate_parameters_rejects_cuda_without_gpu(tiny_weights):
     with pytest.raises(InputError, match="CUDA"):
-        validate_parameters("CT", weights["CT"], device="cuda")
+        validate_parameters("CT", tiny_weights["CT"], device="cuda")
 
 
 def test_validate_parameters_weights_file_must_exist(tmp_path):
@@ -193,7 +173,7 @@ def test_run_core_cancel_raises_cancelled(results):
         run_core(request, cancel=lambda: True)
 
 
-def test_run_core_reports_progress_and_uses_volume_names(results, weights):
+def test_run_core_reports_progress_and_uses_volume_names(results, tiny_weights):
     request, _ = results["CT"]
     seen = []
     run_core(request, progress=lambda f, m: seen.append(f))

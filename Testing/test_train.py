@@ -39,8 +39,8 @@ def _config(root: Path, out: Path, **train) -> RunConfig:
 
 
 def test_overrides_and_unknown_keys(tmp_path):
-    cfg = load_config(None, ["train.lr=0.01", "loss.gradient=3", "model.channels=8"])
-    assert cfg.train.lr == 0.01 and cfg.loss.gradient == 3 and cfg.model.channels == 8
+    cfg = load_config(None, ["train.lr=3e-4", "loss.gradient=3", "model.channels=8"])
+    assert cfg.train.lr == 3e-4 and cfg.loss.gradient == 3 and cfg.model.channels == 8
     with pytest.raises(InputError):
         load_config(None, ["train.nonsense=1"])
     with pytest.raises(InputError):

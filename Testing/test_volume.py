@@ -10,14 +10,13 @@ model's accuracy on a known 3D deformation is a slow case (needs the shipped wei
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from bsafusion import checkpoint
 from bsafusion.colour import split_luma
 from bsafusion.deform import random_misalignment
@@ -57,7 +56,8 @@ def _rotation(z_deg: float = 0.0, x_deg: float = 0.0) -> np.ndarray:
     return rz @ rx
 
 
-def _image(array: np.ndarray, spacing=SPACING, origin=ORIGIN, direction=np.eye(3)) -> sitk.Image:
+def _image(array: np.ndarray, spacing=SPACING, origin=ORIGIN, direction=None) -> sitk.Image:
+    direction = np.eye(3) if direction is None else direction
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(o) for o in origin))
@@ -385,6 +385,7 @@ def _bad_cases(head, tmp: Path) -> dict[str, tuple]:
     four_d = _write(sitk.JoinSeries([ct, ct]), tmp / "ct4d.nii.gz")
     coarse = _image(head["ct"], spacing=(1.0, 1.0, 60.0))
     far = _image(head["ct"], origin=(600.0, 0.0, 0.0))
+    pet = _write(_image(head["pet"]), tmp / "pet.nii.gz")
     return {
         "2D file": (slice_2d, moving, "CT", {}, "2D image"),
         "4D file": (fixed, four_d, "CT", {}, "4D image"),
@@ -392,7 +393,7 @@ def _bad_cases(head, tmp: Path) -> dict[str, tuple]:
         "fixed is a CT": (moving, moving, "CT", {}, "looks like a CT"),
         "PET is a CT": (fixed, moving, "PET", {}, "looks like a CT"),
         "no overlap": (fixed, _write(far, tmp / "far.nii.gz"), "CT", {"prealign": False}, "overlaps"),
-        "CT model for PET": (fixed, _write(_image(head["pet"]), tmp / "pet.nii.gz"), "PET", {"weights": "CT"}, "trained for CT"),
+        "CT model for PET": (fixed, pet, "PET", {"weights": "CT"}, "trained for CT"),
         "unknown axis": (fixed, moving, "CT", {"axis": "oblique"}, "slicing axis"),
     }
 
@@ -449,6 +450,7 @@ def test_failed_write_leaves_nothing(head, monkeypatch, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_real_ct_to_mri_volumes(volumes_dir: Path, tiny_weights, tmp_path: Path) -> None:
     """The real Visible Human head: MI improves after pre-alignment; inverse consistency is small."""
     mri, ct = read_volume(volumes_dir / "vm_head_mri.mha"), read_volume(volumes_dir / "vm_head_ct.mha")

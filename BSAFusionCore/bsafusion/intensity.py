@@ -179,7 +179,8 @@ def normalise_volume(
         Colour/vector pixels, NaN or infinite values, no contrast, unknown modality.
     """
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{name}: {image.GetNumberOfComponentsPerPixel()}-component pixels; a scalar (grey) volume is required")
+        components = image.GetNumberOfComponentsPerPixel()
+        raise InputError(f"{name}: {components}-component pixels; a scalar (grey) volume is required")
     values = sitk.GetArrayViewFromImage(image)
     if np.iscomplexobj(values):
         raise InputError(f"{name}: complex pixels; a real-valued volume is required")
@@ -215,7 +216,7 @@ def check_modality(image: sitk.Image, modality: str, name: str = "volume") -> No
     known = {v for values in _DICOM_MODALITIES.values() for v in values}
     if tag in known and tag not in _DICOM_MODALITIES[expected]:
         raise InputError(f"{name}: DICOM Modality is {tag}, but a {expected} volume is expected here")
-    if expected != "CT" and image.GetNumberOfComponentsPerPixel() == 1:
-        if looks_like_hounsfield(sitk.GetArrayViewFromImage(image)):
-            raise InputError(f"{name}: looks like a CT in Hounsfield units (air at -500 and below), "
-                             f"but a {expected} volume is expected here")
+    scalar = image.GetNumberOfComponentsPerPixel() == 1
+    if expected != "CT" and scalar and looks_like_hounsfield(sitk.GetArrayViewFromImage(image)):
+        raise InputError(f"{name}: looks like a CT in Hounsfield units (air at -500 and below), "
+                         f"but a {expected} volume is expected here")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,6 +36,7 @@ from torch.utils.data import ConcatDataset
 from tqdm import tqdm
 
 from bsafusion import checkpoint
+from bsafusion.configutil import check_known_keys
 from bsafusion.data import AlignedPairDataset, UnalignedCaseDataset
 from bsafusion.errors import InputError
 from bsafusion.losses import ABLATION_LOSS_OVERRIDES, LossWeights, compute_losses
@@ -98,13 +99,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        unknown = set(data) - {"model", "loss", "train"}
-        if unknown:
-            raise InputError(f"unknown config sections: {sorted(unknown)}")
+        check_known_keys(data, ("model", "loss", "train"), "config sections", InputError)
         t = dict(data.get("train", {}))
-        known = {f.name for f in fields(TrainConfig)}
-        if set(t) - known:
-            raise InputError(f"unknown train config keys: {sorted(set(t) - known)}")
+        check_known_keys(t, TrainConfig, "train config keys", InputError)
         if "modalities" in t:
             mods = t["modalities"]
             t["modalities"] = tuple(m.upper() for m in ([mods] if isinstance(mods, str) else mods))
@@ -115,6 +112,17 @@ class RunConfig:
         except ValueError as exc:
             raise InputError(str(exc)) from None
         return cls(model, loss, train)
+
+
+def _parse_value(text: str) -> Any:
+    """YAML scalar/list parsing, plus ``3e-4``-style floats that YAML 1.1 reads as strings."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
@@ -133,7 +141,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in ("model", "loss", "train"):
             raise InputError(f"override {item!r} is not of the form section.key=value (section: model, loss, train)")
-        data.setdefault(section, {})[name] = yaml.safe_load(value)
+        data.setdefault(section, {})[name] = _parse_value(value)
     return RunConfig.from_dict(data)
 
 
@@ -176,6 +184,20 @@ def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, tor
     return batch
 
 
+def _load_matching(model: BSFAF, state: dict[str, torch.Tensor], source: str) -> int:
+    """Start from another model's parameters where names and shapes match (fine-tuning, or
+    warm-starting an architecture variant); the rest keeps its fresh initialisation.
+
+    Returns how many tensors were taken; none at all is an input error (wrong file).
+    """
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not taken:
+        raise InputError(f"{source}: no parameter matches this architecture")
+    model.load_state_dict(taken, strict=False)
+    return len(taken)
+
+
 class Trainer:
     """Runs (or resumes) one training run described by a :class:`RunConfig`."""
 
@@ -192,11 +214,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = BSFAF(config.model).to(self.device)
         if t.init_weights:
-            init = checkpoint.read(t.init_weights)
-            try:
-                self.model.load_state_dict(init["state_dict"])
-            except RuntimeError as exc:
-                raise InputError(f"{t.init_weights}: does not match this architecture ({str(exc).splitlines()[0]})") from None
+            self.initialised_from = _load_matching(self.model, checkpoint.read(t.init_weights)["state_dict"], t.init_weights)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _lr_factor(s, t.total_steps, t.min_lr_ratio)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -40,7 +41,6 @@ SPACING = (0.9, 0.9, 1.2)
 def make_data(folder: Path, size: tuple[int, int, int], seed: int = 0) -> None:
     """Write ``mri.nii.gz`` and ``ct.nii.gz`` (HU, rigidly moved geometry) into ``folder``."""
     import SimpleITK as sitk
-
     from bsafusion.phantom import phantom_pair
 
     width, height, depth = size
@@ -60,7 +60,8 @@ def make_data(folder: Path, size: tuple[int, int, int], seed: int = 0) -> None:
     sitk.WriteImage(fixed, str(folder / "mri.nii.gz"))
     sitk.WriteImage(moving, str(folder / "ct.nii.gz"))
     # true fixed -> moving point map: T(p) = O_m + R (p - O_f)
-    truth = {"rotation": motion.tolist(), "fixed_origin": list(fixed.GetOrigin()), "moving_origin": list(moving.GetOrigin())}
+    truth = {"rotation": motion.tolist(), "fixed_origin": list(fixed.GetOrigin()),
+             "moving_origin": list(moving.GetOrigin())}
     (folder / "truth.json").write_text(json.dumps(truth))
 
 
@@ -78,6 +79,13 @@ def prealign_error_mm(fixed, transform, truth: dict, step: int = 8) -> float:
     return float(np.mean(errors))
 
 
+def _machine() -> str:
+    """CPU and current load: the numbers mean little without them."""
+    load = Path("/proc/loadavg")
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, load average {load.read_text().split()[:3]}" if load.exists() else cpu
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
@@ -85,7 +93,6 @@ def _peak_rss_mb() -> float:
 def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: int) -> dict:
     import SimpleITK as sitk
     import torch
-
     from bsafusion import checkpoint
     from bsafusion.model import BSFAF, ModelConfig
     from bsafusion.volume import read_volume, register_and_fuse_volumes, write_volume_result
@@ -108,6 +115,7 @@ def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: in
     t = time.perf_counter()
     paths = write_volume_result(result, out / "result")
     write_s = time.perf_counter() - t
+    truth = json.loads((data / "truth.json").read_text())
     stages = {"read": read_s, **result.timings, "write": write_s}
     stages["total_with_io"] = read_s + result.timings["total"] + write_s
     return {
@@ -120,10 +128,9 @@ def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: in
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "rss_after_imports_mb": round(rss_before, 1),
         "inverse_consistency_mm": round(result.inverse_consistency_mm, 4),
-        "prealign_error_mm": round(prealign_error_mm(fixed, result.affine, json.loads((data / "truth.json").read_text())), 3),
+        "prealign_error_mm": round(prealign_error_mm(fixed, result.affine, truth), 3),
         "file_mb": {k: round(p.stat().st_size / 2**20, 1) for k, p in paths.items()},
-        "machine": f"{platform.processor() or platform.machine()}, load average {Path('/proc/loadavg').read_text().split()[:3]}"
-        if Path("/proc/loadavg").exists() else platform.machine(),
+        "machine": _machine(),
     }
 
 
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 150), metavar=("X", "Y", "Z"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--weights", help="weights file (default: shipped CT model, else untrained default architecture)")
+    parser.add_argument("--weights", help="weights (default: the shipped CT model, else an untrained default one)")
     parser.add_argument("--data", type=Path, help="folder for the phantom pair (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--make-data", type=Path, help=argparse.SUPPRESS)  # internal: child process

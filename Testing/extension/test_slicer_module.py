@@ -31,11 +31,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 import slicer_standin
-from bsafusion import checkpoint, slicer_support
-from bsafusion.model import BSFAF, ModelConfig
+from bsafusion import slicer_support
 from bsafusion.phantom import phantom_pair
 from bsafusion.volume import OUTPUT_FILES
 
@@ -46,29 +44,10 @@ MODULE_PY = MODULE_DIR / "BSAFusion.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "BSAFusion.ui"
 SHAPE = (8, 48, 48)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures of conftest.py
+
 
 # ------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on 2 shared CI cores: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> dict[str, str]:
-    torch.manual_seed(0)
-    cfg = ModelConfig(img_size=64, channels=8, embed_dim=32, patch_size=8, heads=2, pyramid_channels=(16, 12, 8))
-    folder = tmp_path_factory.mktemp("weights")
-    paths = {}
-    for modality in ("CT", "PET"):
-        paths[modality] = str(folder / f"tiny_{modality}.pt")
-        checkpoint.save(paths[modality], BSFAF(cfg), modality)
-    return paths
 
 
 def _import_module(name: str) -> types.ModuleType:

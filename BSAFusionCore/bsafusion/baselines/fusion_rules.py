@@ -48,7 +48,7 @@ from skimage.transform import resize
 
 from bsafusion.colour import merge_luma, split_luma
 from bsafusion.errors import InputError
-from bsafusion.metrics.registration import _as_images
+from bsafusion.metrics.registration import as_images
 
 __all__ = ["FUSION_RULES", "fuse_average", "fuse_max_abs", "fuse_laplacian", "get_rule", "fuse_colour"]
 
@@ -63,7 +63,7 @@ PYRAMID_MIN_SIZE = 8
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate two 2D images of equal shape (float64)."""
-    a, b = _as_images(("a", "b"), (a, b), ndims=(2,))
+    a, b = as_images(("a", "b"), (a, b), ndims=(2,))
     return a, b
 
 

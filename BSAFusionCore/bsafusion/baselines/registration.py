@@ -65,7 +65,7 @@ import SimpleITK as sitk
 
 from bsafusion.deform import warp_numpy
 from bsafusion.errors import InputError
-from bsafusion.metrics.registration import _as_image
+from bsafusion.metrics.registration import as_image
 from bsafusion.transforms import displacement_image_to_field
 
 __all__ = ["ClassicalSettings", "ClassicalResult", "register_classical", "prealign_affine"]
@@ -396,8 +396,8 @@ def register_classical(
         For non-2D, empty, non-finite or constant images.
     """
     settings = settings or ClassicalSettings()
-    fixed_np = _as_image(fixed, "fixed", ndims=(2,))
-    moving_np = _as_image(moving, "moving", ndims=(2,))
+    fixed_np = as_image(fixed, "fixed", ndims=(2,))
+    moving_np = as_image(moving, "moving", ndims=(2,))
     for name, arr in (("fixed", fixed_np), ("moving", moving_np)):
         if np.ptp(arr) < 1e-6:
             raise InputError(f"{name}: the image is constant; there is nothing to register")

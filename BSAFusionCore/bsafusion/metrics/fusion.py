@@ -31,7 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 from bsafusion.errors import InputError
-from bsafusion.metrics.registration import _as_images, _check_data_range, _check_min_size, ssim
+from bsafusion.metrics.registration import _check_data_range, _check_int, _check_min_size, as_images, ssim
 
 __all__ = ["q_abf", "q_cv", "q_vif", "q_s", "q_ssim"]
 
@@ -40,6 +40,20 @@ _NAMES = ("fused", "a", "b")
 # Sobel kernels, for correlation: _SOBEL_X differentiates along x (columns), _SOBEL_Y along y.
 _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _SOBEL_Y = _SOBEL_X.T
+
+
+def _inputs(
+    fused: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The three images validated as float64 of one shape, and the checked ``data_range``."""
+    fused, a, b = as_images(_NAMES, (fused, a, b))
+    return fused, a, b, _check_data_range(data_range)
+
+
+def _to_8bit_scale(data_range: float, *images: np.ndarray) -> list[np.ndarray]:
+    """``images`` rescaled by ``255 / data_range``, the grey-level scale of 8-bit constants."""
+    scale = 255.0 / data_range
+    return [x * scale for x in images]
 
 
 def _sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +159,7 @@ def q_abf(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     >>> round(q_abf(a, a, a), 4)
     0.9748
     """
-    fused, a, b = _as_images(_NAMES, (fused, a, b))
+    fused, a, b = as_images(_NAMES, (fused, a, b))
     g_f, a_f = _strength_orientation(fused)
     g_a, a_a = _strength_orientation(a)
     g_b, a_b = _strength_orientation(b)
@@ -247,15 +261,12 @@ def q_cv(
     >>> q_cv(a, a, a)
     0.0
     """
-    fused, a, b = _as_images(_NAMES, (fused, a, b))
-    data_range = _check_data_range(data_range)
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise InputError(f"window must be a positive integer, got {window!r}")
+    fused, a, b, data_range = _inputs(fused, a, b, data_range)
+    window = _check_int(window, "window", 1)
     alpha = float(alpha)
     if not np.isfinite(alpha) or alpha <= 0:
         raise InputError(f"alpha must be a positive finite number, got {alpha!r}")
-    scale = 255.0 / data_range
-    fused, a, b = fused * scale, a * scale, b * scale
+    fused, a, b = _to_8bit_scale(data_range, fused, a, b)
 
     lam = [_block_reduce(np.hypot(*_sobel(x)) ** alpha, window, np.sum) for x in (a, b)]
     csf = _mannos_sakrison(fused.shape)
@@ -381,13 +392,11 @@ def q_vif(fused: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: float = 1
     >>> round(q_vif(a, a, a), 6)
     1.0
     """
-    fused, a, b = _as_images(_NAMES, (fused, a, b))
-    data_range = _check_data_range(data_range)
+    fused, a, b, data_range = _inputs(fused, a, b, data_range)
     _check_min_size(fused, _VIFF_MIN_SIZE, "q_vif")
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         raise InputError("q_vif is undefined: both source images are constant (no information)")
-    scale = 255.0 / data_range
-    fused, a, b = fused * scale, a * scale, b * scale
+    fused, a, b = _to_8bit_scale(data_range, fused, a, b)
 
     maps_a = _viff_maps(a, fused)
     maps_b = _viff_maps(b, fused)
@@ -486,11 +495,9 @@ def q_s(
     >>> q_s(a, a, a)
     1.0
     """
-    fused, a, b = _as_images(_NAMES, (fused, a, b))
-    data_range = _check_data_range(data_range)
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 2:
-        raise InputError(f"window must be an integer >= 2, got {window!r}")
-    _check_min_size(fused, int(window), "q_s")
+    fused, a, b, data_range = _inputs(fused, a, b, data_range)
+    window = _check_int(window, "window", 2)
+    _check_min_size(fused, window, "q_s")
     tol = (1e-6 * data_range) ** 2
 
     # second moments of globally centred images: same variances, less cancellation
@@ -558,7 +565,6 @@ def q_ssim(fused: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: float = 
     >>> q_ssim(a, a, a)
     1.0
     """
-    fused, a, b = _as_images(_NAMES, (fused, a, b))
-    data_range = _check_data_range(data_range)
+    fused, a, b, data_range = _inputs(fused, a, b, data_range)
     _check_min_size(fused, 11, "q_ssim")
     return 0.5 * (ssim(fused, a, data_range) + ssim(fused, b, data_range))

@@ -12,8 +12,10 @@ Every public function validates its inputs and raises :class:`bsafusion.errors.I
 for wrong dimensions, mismatched shapes, NaN/Inf values or empty arrays. Image metrics accept
 2-D and 3-D arrays; they are computed in float64.
 
-The image-validation helpers and :func:`ssim` are also used by :mod:`bsafusion.metrics.fusion`
-(one copy of each helper).
+The input validation lives here once: :func:`as_image` and :func:`as_images` are public for
+the rest of the package (:mod:`bsafusion.metrics.fusion`, :mod:`bsafusion.baselines`); the
+private checks (data range, sizes, integer parameters) and :func:`ssim` are shared with
+:mod:`bsafusion.metrics.fusion`.
 """
 
 from __future__ import annotations
@@ -52,34 +54,46 @@ def _is_real(arr: np.ndarray) -> bool:
     return numeric and arr.dtype != bool
 
 
-def _as_image(x: Any, name: str, ndims: tuple[int, ...] = (2,)) -> np.ndarray:
-    """Validate one image and return it as float64.
-
-    Raises :class:`InputError` for a non-numeric array, a dimension not in ``ndims``, an empty
-    array or non-finite values.
-    """
+def _real_array(x: Any, name: str) -> np.ndarray:
+    """``x`` as a real numeric numpy array (any shape), or :class:`InputError` naming ``name``."""
     try:
         arr = _to_numpy(x)
     except Exception as exc:  # noqa: BLE001 - anything unconvertible is the caller's input
         raise InputError(f"{name}: cannot be read as an array ({exc})") from exc
     if not _is_real(arr):
         raise InputError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
-    if arr.ndim not in ndims:
-        want = " or ".join(f"{d}-D" for d in ndims)
-        raise InputError(f"{name}: expected a {want} array, got shape {arr.shape}")
+    return arr
+
+
+def _finite_float64(arr: np.ndarray, name: str, kind: str) -> np.ndarray:
+    """``arr`` as float64 once checked non-empty and finite (``kind`` names it in the message)."""
     if arr.size == 0:
-        raise InputError(f"{name}: empty array (shape {arr.shape})")
+        raise InputError(f"{name}: empty {kind} (shape {arr.shape})")
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         raise InputError(f"{name}: contains NaN or Inf values")
     return arr
 
 
-def _as_images(
+def as_image(x: Any, name: str, ndims: tuple[int, ...] = (2,)) -> np.ndarray:
+    """Validate one image and return it as float64.
+
+    Accepts numpy arrays, anything :func:`numpy.asarray` reads, and torch tensors (detached,
+    moved to the CPU). Raises :class:`InputError`, naming ``name``, for a non-numeric array, a
+    dimension not in ``ndims``, an empty array or non-finite values.
+    """
+    arr = _real_array(x, name)
+    if arr.ndim not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise InputError(f"{name}: expected a {want} array, got shape {arr.shape}")
+    return _finite_float64(arr, name, "array")
+
+
+def as_images(
     names: Sequence[str], arrays: Sequence[Any], ndims: tuple[int, ...] = (2,)
 ) -> list[np.ndarray]:
-    """Validate several images of the same shape."""
-    out = [_as_image(x, n, ndims) for n, x in zip(names, arrays)]
+    """Validate several images with :func:`as_image` and check they all have the same shape."""
+    out = [as_image(x, n, ndims) for n, x in zip(names, arrays)]
     for n, x in zip(names[1:], out[1:]):
         if x.shape != out[0].shape:
             raise InputError(f"shape mismatch: {names[0]} is {out[0].shape}, {n} is {x.shape}")
@@ -93,6 +107,14 @@ def _check_data_range(data_range: float) -> float:
     return value
 
 
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int if it is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InputError(f"{name} must be {want}, got {value!r}")
+    return int(value)
+
+
 def _check_min_size(arr: np.ndarray, minimum: int, what: str) -> None:
     if min(arr.shape) < minimum:
         raise InputError(f"{what} needs images of at least {minimum} pixels per side, got shape {arr.shape}")
@@ -100,23 +122,13 @@ def _check_min_size(arr: np.ndarray, minimum: int, what: str) -> None:
 
 def _as_field(x: Any, name: str) -> np.ndarray:
     """Validate a displacement field of shape ``(n, *spatial)`` with ``n`` = 2 or 3."""
-    try:
-        arr = _to_numpy(x)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{name}: cannot be read as an array ({exc})") from exc
-    if not _is_real(arr):
-        raise InputError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    arr = _real_array(x, name)
     if arr.ndim not in (3, 4) or arr.shape[0] != arr.ndim - 1:
         raise InputError(
             f"{name}: expected a displacement field of shape (2, H, W) or (3, D, H, W) "
             f"(channels x, y[, z]; no batch axis), got shape {arr.shape}"
         )
-    if arr.size == 0:
-        raise InputError(f"{name}: empty field (shape {arr.shape})")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{name}: contains NaN or Inf values")
-    return arr
+    return _finite_float64(arr, name, "field")
 
 
 def _as_mask(mask: Any, spatial: tuple[int, ...]) -> np.ndarray:
@@ -162,7 +174,7 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
     >>> round(ncc(a, 2 * a + 1), 6), round(ncc(a, -a), 6)
     (1.0, -1.0)
     """
-    a, b = _as_images(("a", "b"), (a, b), ndims=(2, 3))
+    a, b = as_images(("a", "b"), (a, b), ndims=(2, 3))
     da = a - a.mean()
     db = b - b.mean()
     na = np.sqrt(np.sum(da * da))
@@ -174,12 +186,11 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 def _joint_histogram(a: np.ndarray, b: np.ndarray, bins: int) -> np.ndarray:
     """Joint probability table of ``a`` and ``b``, ``bins`` equal bins over each image's range."""
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
-        raise InputError(f"bins must be an integer >= 2, got {bins!r}")
+    bins = _check_int(bins, "bins", 2)
     ranges = [(float(x.min()), float(x.max())) for x in (a, b)]
     # a constant image gets one bin's worth of range so that numpy's edges stay finite
     ranges = [(lo, hi) if hi > lo else (lo - 0.5, lo + 0.5) for lo, hi in ranges]
-    hist, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=int(bins), range=ranges)
+    hist, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins, range=ranges)
     return hist / hist.sum()
 
 
@@ -223,7 +234,7 @@ def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 64) -> float:
     >>> round(mutual_information(a, a, bins=2), 6)  # = log 2, the entropy of a
     0.693147
     """
-    a, b = _as_images(("a", "b"), (a, b), ndims=(2, 3))
+    a, b = as_images(("a", "b"), (a, b), ndims=(2, 3))
     p = _joint_histogram(a, b, bins)
     return max(0.0, _entropy(p.sum(axis=1)) + _entropy(p.sum(axis=0)) - _entropy(p))
 
@@ -257,7 +268,7 @@ def normalized_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 64) 
     >>> normalized_mutual_information(a, a, bins=2)
     2.0
     """
-    a, b = _as_images(("a", "b"), (a, b), ndims=(2, 3))
+    a, b = as_images(("a", "b"), (a, b), ndims=(2, 3))
     p = _joint_histogram(a, b, bins)
     h_joint = _entropy(p)
     if h_joint == 0:
@@ -298,7 +309,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     >>> ssim(a, a)
     1.0
     """
-    a, b = _as_images(("a", "b"), (a, b), ndims=(2, 3))
+    a, b = as_images(("a", "b"), (a, b), ndims=(2, 3))
     data_range = _check_data_range(data_range)
     _check_min_size(a, 11, "ssim")
     value = structural_similarity(
@@ -332,7 +343,7 @@ def mae(a: np.ndarray, b: np.ndarray) -> float:
     >>> mae(np.array([[0.0, 1.0]]).repeat(2, 0), np.array([[1.0, 1.0]]).repeat(2, 0))
     0.5
     """
-    a, b = _as_images(("a", "b"), (a, b), ndims=(2, 3))
+    a, b = as_images(("a", "b"), (a, b), ndims=(2, 3))
     return float(np.mean(np.abs(a - b)))
 
 

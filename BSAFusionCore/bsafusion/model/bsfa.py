@@ -49,19 +49,47 @@ class FeaturePyramid(nn.Module):
         return levels
 
 
-class RegistrationLayer(nn.Module):
-    """Predicts a velocity (pixels, x/y channels) from the concatenated features of both sides."""
+def local_correlation(own: torch.Tensor, other: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cost volume: cosine similarity of ``own(p)`` and ``other(p + s)`` for every shift ``s``.
 
-    def __init__(self, channels: int) -> None:
+    Shifts cover ``[-radius, radius]^2`` pixels of the level, row-major over (dy, dx); the
+    output has ``(2 * radius + 1) ** 2`` channels. This is the correlation layer of optical-flow
+    networks (PWC-Net, Sun et al., CVPR 2018): it hands the registration layer explicit
+    evidence of where each feature moved, instead of leaving it to discover the comparison.
+    """
+    a = F.normalize(own, dim=1)
+    b = F.pad(F.normalize(other, dim=1), (radius,) * 4)
+    h, w = own.shape[2:]
+    size = 2 * radius + 1
+    return torch.cat(
+        [(a * b[:, :, dy : dy + h, dx : dx + w]).sum(dim=1, keepdim=True) for dy in range(size) for dx in range(size)],
+        dim=1,
+    )
+
+
+class RegistrationLayer(nn.Module):
+    """Predicts a velocity (pixels, x/y channels) from both sides' features and their correlation.
+
+    The paper's registration layers see the two feature maps; we add their local correlation
+    (``radius > 0``). Measured on CPU-budget training runs: without it the layers stayed at the
+    identity for 500+ steps (validation NCC equal to the unregistered one).
+    """
+
+    def __init__(self, channels: int, radius: int = 3) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv_block(2 * channels, channels), conv_block(channels, channels))
+        self.radius = radius
+        corr = (2 * radius + 1) ** 2 if radius > 0 else 0
+        self.body = nn.Sequential(conv_block(2 * channels + corr, channels), conv_block(channels, channels))
         self.out = nn.Conv2d(channels, 2, 3, padding=1)
         # start at the identity transform, as VoxelMorph does
         nn.init.normal_(self.out.weight, std=1e-5)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(torch.cat([own, other], dim=1)))
+        inputs = [own, other]
+        if self.radius > 0:
+            inputs.append(local_correlation(own, other, self.radius))
+        return self.out(self.body(torch.cat(inputs, dim=1)))
 
 
 @dataclass
@@ -84,8 +112,8 @@ class BSFA(nn.Module):
         super().__init__()
         self.cfg = cfg
         ch = cfg.pyramid_channels if cfg.bsfa else cfg.pyramid_channels[-1:]
-        self.frl = nn.ModuleList(RegistrationLayer(c) for c in ch) if cfg.frl and cfg.bsfa else None
-        self.rrl = nn.ModuleList(RegistrationLayer(c) for c in ch) if cfg.rrl or not cfg.bsfa else None
+        self.frl = nn.ModuleList(RegistrationLayer(c, cfg.correlation_radius) for c in ch) if cfg.frl and cfg.bsfa else None
+        self.rrl = nn.ModuleList(RegistrationLayer(c, cfg.correlation_radius) for c in ch) if cfg.rrl or not cfg.bsfa else None
 
     def forward(self, pyr_a: list[torch.Tensor], pyr_b: list[torch.Tensor]) -> AlignmentResult:
         n_levels = len(pyr_a)

@@ -8,8 +8,10 @@ hour; every size is a config value, so the published size is one config file awa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from bsafusion.configutil import check_known_keys
 
 #: Modality classes of the MFRH classifiers. MRI (the fixed image) is a class of its own.
 MODALITY_CLASSES: tuple[str, ...] = ("CT", "PET", "SPECT", "MRI")
@@ -40,6 +42,8 @@ class ModelConfig:
     pyramid_channels: channels of the alignment feature pyramid, coarse to fine; its length is
         the number of BSFA steps (resolutions img_size/patch_size * 2**k).
     integration_steps: scaling-and-squaring steps turning each predicted velocity into a field.
+    correlation_radius: shifts (pixels of each level) of the cost volume fed to the
+        registration layers; 0 gives the paper's plain feature concatenation.
     exchange: inject each image's MFRH into the other's tokens (MDF-FR exchange).
     bsfa: stepwise bidirectional alignment; ``False`` predicts one field in one step.
     frl, rrl: forward (A -> middle) and reverse (B -> middle) registration layers.
@@ -55,6 +59,7 @@ class ModelConfig:
     transfer_depth: int = 2
     pyramid_channels: tuple[int, ...] = (48, 32, 16)
     integration_steps: int = 5
+    correlation_radius: int = 3
     exchange: bool = True
     bsfa: bool = True
     frl: bool = True
@@ -76,10 +81,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        check_known_keys(data, cls, "model config keys")
         data = dict(data)
         if "pyramid_channels" in data:
             data["pyramid_channels"] = tuple(data["pyramid_channels"])

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -168,7 +168,8 @@ def check_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
     if dim != 3:
         raise InputError(f"{name}: {dim}D image of size {size}; a 3D volume is required")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{name}: {image.GetNumberOfComponentsPerPixel()}-component pixels; a scalar (grey) volume is required")
+        components = image.GetNumberOfComponentsPerPixel()
+        raise InputError(f"{name}: {components}-component pixels; a scalar (grey) volume is required")
     spacing = image.GetSpacing()
     if not all(math.isfinite(s) and 0 < s <= MAX_SPACING_MM for s in spacing):
         raise InputError(f"{name}: absurd voxel spacing {spacing} mm (each must be > 0 and <= {MAX_SPACING_MM:g})")

@@ -68,9 +68,9 @@ Conventions
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk

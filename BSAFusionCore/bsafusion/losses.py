@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from bsafusion.configutil import check_known_keys
 from bsafusion.deform import compose
 from bsafusion.model.config import MODALITY_CLASSES
+from bsafusion.model.descriptors import gaussian_window, mind_descriptor
 from bsafusion.model.network import BSFAFOutput
 
 #: Loss-side overrides of the paper's ablations (architecture side: ``model.config.ABLATIONS``).
@@ -81,16 +82,9 @@ class LossWeights:
 # --------------------------------------------------------------------------- primitives
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, device: torch.device | None = None) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32, device=device) - size // 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5) per batch item."""
-    win = _gaussian_window(device=x.device).to(x.dtype)
+    win = gaussian_window(device=x.device).to(x.dtype)
     pad = win.shape[-1] // 2
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
 
@@ -140,22 +134,6 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     k = torch.stack([kx, kx.t()])[:, None]
     g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
     return torch.sqrt((g**2).sum(dim=1, keepdim=True) + 1e-12)
-
-
-def mind_descriptor(x: torch.Tensor, radius: int = 2, sigma: float = 0.8) -> torch.Tensor:
-    """MIND with a 4-neighbourhood (Heinrich et al. 2012): ``exp(-D_p(x, x+r) / V(x))``."""
-    win = _gaussian_window(2 * radius + 1, sigma, x.device).to(x.dtype)
-    shifts = [(0, 1), (1, 0), (0, -1), (-1, 0)]
-    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    h, w = x.shape[2:]
-    dists = []
-    for dy, dx in shifts:
-        shifted = padded[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-        dists.append(F.conv2d(F.pad((x - shifted) ** 2, (radius,) * 4, mode="replicate"), win))
-    d = torch.cat(dists, dim=1)
-    variance = d.mean(dim=1, keepdim=True).clamp(min=1e-6)
-    desc = torch.exp(-d / variance)
-    return desc / desc.amax(dim=1, keepdim=True).clamp(min=1e-6)
 
 
 def gradient_l2(v: torch.Tensor) -> torch.Tensor:

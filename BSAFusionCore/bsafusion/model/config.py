@@ -44,6 +44,8 @@ class ModelConfig:
     integration_steps: scaling-and-squaring steps turning each predicted velocity into a field.
     correlation_radius: shifts (pixels of each level) of the cost volume fed to the
         registration layers; 0 gives the paper's plain feature concatenation.
+    mind_guidance: also give the registration layers the MIND descriptors of both half-warped
+        images and their cost volume (modality-independent matching evidence).
     exchange: inject each image's MFRH into the other's tokens (MDF-FR exchange).
     bsfa: stepwise bidirectional alignment; ``False`` predicts one field in one step.
     frl, rrl: forward (A -> middle) and reverse (B -> middle) registration layers.
@@ -60,6 +62,7 @@ class ModelConfig:
     pyramid_channels: tuple[int, ...] = (48, 32, 16)
     integration_steps: int = 5
     correlation_radius: int = 3
+    mind_guidance: bool = True
     exchange: bool = True
     bsfa: bool = True
     frl: bool = True

@@ -60,7 +60,7 @@ class BSFAF(nn.Module):
         h, w = enc.grid
         token_map = torch.cat([align_a, align_b], dim=0).transpose(1, 2).reshape(2 * n, -1, h, w)
         pyramid = self.pyramid(token_map, enc.deep)
-        alignment = self.bsfa([lvl[:n] for lvl in pyramid], [lvl[n:] for lvl in pyramid])
+        alignment = self.bsfa([lvl[:n] for lvl in pyramid], [lvl[n:] for lvl in pyramid], fixed, moving)
 
         size = fixed.shape[2:]
         field_ba = resize_field(alignment.field_ba, size)

@@ -47,6 +47,9 @@ from bsafusion.model import BSFAF, ModelConfig
 class TrainConfig:
     """Schedule, data and bookkeeping of a training run.
 
+    ``freeze`` lists parameter-name prefixes kept fixed (e.g. ``["bsfa"]`` to fine-tune the
+    fusion without disturbing the registration layers).
+
     ``modalities`` lists the moving modalities to train on together (one model per modality
     is the paper's setting; several give a shared model to fine-tune from). ``epochs`` x
     ``samples_per_epoch`` pairs are drawn (with fresh misalignment each epoch); validation on
@@ -73,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     init_weights: str | None = None
     threads: int | None = None
+    freeze: tuple[str, ...] = ()
     misalignment: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -95,6 +99,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         t = asdict(self.train)
         t["modalities"] = list(self.train.modalities)
+        t["freeze"] = list(self.train.freeze)
         return {"model": self.model.to_dict(), "loss": self.loss.to_dict(), "train": t}
 
     @classmethod
@@ -102,6 +107,8 @@ class RunConfig:
         check_known_keys(data, ("model", "loss", "train"), "config sections", InputError)
         t = dict(data.get("train", {}))
         check_known_keys(t, TrainConfig, "train config keys", InputError)
+        if "freeze" in t:
+            t["freeze"] = tuple([t["freeze"]] if isinstance(t["freeze"], str) else t["freeze"])
         if "modalities" in t:
             mods = t["modalities"]
             t["modalities"] = tuple(m.upper() for m in ([mods] if isinstance(mods, str) else mods))
@@ -215,7 +222,12 @@ class Trainer:
         self.model = BSFAF(config.model).to(self.device)
         if t.init_weights:
             self.initialised_from = _load_matching(self.model, checkpoint.read(t.init_weights)["state_dict"], t.init_weights)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(not any(name.startswith(prefix) for prefix in t.freeze))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise InputError(f"train.freeze={list(t.freeze)} leaves nothing to train")
+        self.optimizer = torch.optim.Adam(trainable, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _lr_factor(s, t.total_steps, t.min_lr_ratio)
         )

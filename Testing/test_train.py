@@ -157,3 +157,14 @@ def test_cli_train_runs_and_exports(phantom_root, tmp_path):
 def test_cli_train_bad_data_exits_2(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_freeze_keeps_the_named_blocks_fixed(phantom_root, tmp_path):
+    trainer = Trainer(_config(phantom_root, tmp_path / "frozen", freeze=["bsfa", "encoder"]), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit(max_steps=2)
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("bsfa", "encoder")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("mmff"))
+    with pytest.raises(InputError, match="nothing to train"):
+        Trainer(_config(phantom_root, tmp_path / "all", freeze=[""]), progress=False)

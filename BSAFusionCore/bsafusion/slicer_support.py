@@ -109,7 +109,7 @@ def validate_parameters(
     device: str = "auto",
     prealign: bool = True,
     axis: str = "axial",
-    batch_size: int = 8,
+    batch_size: int = 1,
 ) -> RunParameters:
     """Check the module's parameters before any work starts; raise :class:`InputError` if unusable.
 

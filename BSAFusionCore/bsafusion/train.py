@@ -222,8 +222,11 @@ class Trainer:
         self.model = BSFAF(config.model).to(self.device)
         if t.init_weights:
             self.initialised_from = _load_matching(self.model, checkpoint.read(t.init_weights)["state_dict"], t.init_weights)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(not any(name.startswith(prefix) for prefix in t.freeze))
+        # a shared module (the MFRH head lives in the encoder too) is frozen by any of its names
+        frozen = {id(p) for name, p in self.model.named_parameters(remove_duplicate=False)
+                  if any(name.startswith(prefix) for prefix in t.freeze)}
+        for param in self.model.parameters():
+            param.requires_grad_(id(param) not in frozen)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:
             raise InputError(f"train.freeze={list(t.freeze)} leaves nothing to train")

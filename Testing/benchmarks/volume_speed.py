@@ -90,7 +90,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
-def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: int) -> dict:
+def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: int | None) -> dict:
     import SimpleITK as sitk
     import torch
     from bsafusion import checkpoint
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 150), metavar=("X", "Y", "Z"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: the pipeline's, 1 on CPU)")
     parser.add_argument("--weights", help="weights (default: the shipped CT model, else an untrained default one)")
     parser.add_argument("--data", type=Path, help="folder for the phantom pair (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")

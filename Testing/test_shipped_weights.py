@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from bsafusion import checkpoint
-from bsafusion.deform import random_misalignment
 from bsafusion.infer import Fuser
 from bsafusion.metrics.registration import ncc
 from bsafusion.phantom import phantom_pair

@@ -12,12 +12,7 @@ from bsafusion.phantom import phantom_pair
 MODALITIES = ("CT", "PET", "SPECT")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -241,14 +241,13 @@ def test_selection_and_determinism(full, data):
                 assert row[key] == same[key] or (math.isnan(row[key]) and math.isnan(same[key])), key
 
 
-def test_default_selection_leaves_out_what_is_unavailable(data, tmp_path):
+def test_default_selection_leaves_out_what_is_unavailable(data, tmp_path, monkeypatch):
     """No shipped weights here, no labels, no published folder: noreg and classical remain."""
+    monkeypatch.setattr(checkpoint, "default_weights_path", lambda modality: tmp_path / "absent.pt")
     cases = tmp_path / "cases" / "CT"
     for d in ("MRI", "CT"):
         (cases / d).mkdir(parents=True)
         (cases / d / "0.png").write_bytes((data / "cases" / "CT" / d / "0.png").read_bytes())
-    if checkpoint.default_weights_path("CT").is_file():
-        pytest.skip("shipped weights exist: 'ours' is available by default")
     report = run_benchmark(tmp_path / "cases", tmp_path / "out", methods=None, device="cpu", progress=False,
                            plots=False)
     rows = read_csv(report.parent / "per_case.csv")
@@ -269,9 +268,8 @@ def test_default_selection_leaves_out_what_is_unavailable(data, tmp_path):
         ({"methods": "ours"}, "weights"),
     ],
 )
-def test_input_errors(data, tmp_path, kwargs, message):
-    if kwargs["methods"] == "ours" and checkpoint.default_weights_path("CT").is_file():
-        pytest.skip("shipped weights exist")
+def test_input_errors(data, tmp_path, kwargs, message, monkeypatch):
+    monkeypatch.setattr(checkpoint, "default_weights_path", lambda modality: tmp_path / "absent.pt")
     with pytest.raises(InputError, match=message):
         run_benchmark(data / "cases", tmp_path / "out", modalities=["CT"], progress=False, device="cpu", **kwargs)
 

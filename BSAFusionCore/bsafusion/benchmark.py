@@ -95,7 +95,7 @@ from bsafusion.evaluate import (
 )
 from bsafusion.infer import Fuser
 from bsafusion.io import atomic_output
-from bsafusion.train import resolve_device
+from bsafusion.device import resolve_device
 
 __all__ = [
     "METHOD_KEYS",

@@ -29,7 +29,7 @@ from bsafusion.deform import resize_field, warp
 from bsafusion.errors import InputError
 from bsafusion.io import read_image, read_luma, read_slice, write_image
 from bsafusion.model import BSFAF
-from bsafusion.train import resolve_device
+from bsafusion.device import resolve_device
 from bsafusion.transforms import field_to_displacement_image
 from bsafusion.visualize import checkerboard, save_panel
 

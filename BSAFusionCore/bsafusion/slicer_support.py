@@ -44,7 +44,7 @@ from bsafusion import checkpoint
 from bsafusion.colour import split_luma
 from bsafusion.errors import InputError
 from bsafusion.infer import MODALITIES
-from bsafusion.train import resolve_device
+from bsafusion.device import resolve_device
 from bsafusion.volume import VolumeResult, register_and_fuse_volumes
 from bsafusion.volume.geometry import AXES as _AXES
 

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from bsafusion import checkpoint
 from bsafusion.configutil import check_known_keys
 from bsafusion.data import AlignedPairDataset, UnalignedCaseDataset
+from bsafusion.device import resolve_device
 from bsafusion.errors import InputError
 from bsafusion.losses import ABLATION_LOSS_OVERRIDES, LossWeights, compute_losses
 from bsafusion.model import BSFAF, ModelConfig
@@ -150,17 +151,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             raise InputError(f"override {item!r} is not of the form section.key=value (section: model, loss, train)")
         data.setdefault(section, {})[name] = _parse_value(value)
     return RunConfig.from_dict(data)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an input error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda requested but no CUDA device is available")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
-    return torch.device(name)
 
 
 def _lr_factor(step: int, total: int, min_ratio: float) -> float:
@@ -407,4 +397,4 @@ def export_weights(run_dir: str | Path, destination: str | Path, modality: str, 
     checkpoint.save(destination, model, modality, metadata={**payload.get("metadata", {}), **metadata})
 
 
-__all__ = ["RunConfig", "TrainConfig", "Trainer", "load_config", "resolve_device", "validate", "export_weights"]
+__all__ = ["RunConfig", "TrainConfig", "Trainer", "load_config", "validate", "export_weights"]

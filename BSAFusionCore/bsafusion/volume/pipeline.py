@@ -84,7 +84,7 @@ from bsafusion.infer import MODALITIES, Fuser
 from bsafusion.intensity import check_modality, normalise_volume
 from bsafusion.metrics.registration import jacobian_determinant
 from bsafusion.phantom import pseudo_colour
-from bsafusion.train import resolve_device
+from bsafusion.device import resolve_device
 from bsafusion.transforms import field_to_displacement_image
 from bsafusion.volume.geometry import (
     MIN_OVERLAP,

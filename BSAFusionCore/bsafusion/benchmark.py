@@ -129,8 +129,8 @@ def weights_file(source: str | os.PathLike, modality: str) -> Path:
     """The weights file for ``modality`` that ``source`` designates.
 
     ``source`` is a weights file (used for every modality), a training run folder (its
-    ``best.pt``) or a folder of files named like the shipped ones (``bsafusion_ct.pt``,
-    ``bsafusion_pet.pt``, ``bsafusion_spect.pt``, or ``bsafusion_all.pt`` for all three).
+    ``best.pt``) or a folder of per-modality files named like the shipped ones
+    (``bsafusion_ct.pt``, ``bsafusion_pet.pt``, ``bsafusion_spect.pt``).
 
     Raises
     ------
@@ -142,11 +142,11 @@ def weights_file(source: str | os.PathLike, modality: str) -> Path:
         return source
     if not source.is_dir():
         raise InputError(f"{source}: no such weights file or folder")
-    name = f"bsafusion_{modality.lower()}.pt"
-    for candidate in (source / "best.pt", source / name, source / "bsafusion_all.pt"):
+    name = checkpoint.default_weights_path(modality).name
+    for candidate in (source / "best.pt", source / name):
         if candidate.is_file():
             return candidate
-    raise InputError(f"{source}: no best.pt, {name} or bsafusion_all.pt (weights for {modality.upper()}) in this folder")
+    raise InputError(f"{source}: no best.pt or {name} (weights for {modality.upper()}) in this folder")
 
 
 class NetworkMethod:

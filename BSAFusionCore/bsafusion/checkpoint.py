@@ -26,18 +26,11 @@ VERSION = 1
 
 
 def default_weights_path(modality: str) -> Path:
-    """Path of the shipped model for ``modality`` (``CT``, ``PET`` or ``SPECT``).
-
-    A modality-specific file ``bsafusion_<modality>.pt`` wins; otherwise the model trained on
-    all three modalities together, ``bsafusion_all.pt`` (what this release ships, see
-    ``weights/MODEL_CARD.md``).
-    """
+    """Path of the shipped model for ``modality`` (``CT``, ``PET`` or ``SPECT``)."""
     modality = modality.upper()
     if modality not in MODALITY_CLASSES[:3]:
         raise InputError(f"unknown modality {modality!r}; choose CT, PET or SPECT")
-    folder = Path(str(resources.files("bsafusion") / "weights"))
-    specific = folder / f"bsafusion_{modality.lower()}.pt"
-    return specific if specific.is_file() else folder / "bsafusion_all.pt"
+    return Path(str(resources.files("bsafusion") / "weights" / f"bsafusion_{modality.lower()}.pt"))
 
 
 def save(path: str | Path, model: BSFAF, modality: str, kind: str = "weights", **extra: Any) -> None:

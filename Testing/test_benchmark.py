@@ -41,6 +41,7 @@ from bsafusion.evaluate import (
 )
 from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import phantom_pair
+from bsafusion.refine import DEFAULT_STEPS
 from bsafusion.report import METRIC_LABELS, format_value
 
 from report_tables import parse_report_tables  # Testing/report_tables.py
@@ -119,6 +120,7 @@ def test_every_output_file_exists(full):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["methods"] == _methods(rows) and settings["seed"] == 0
     assert settings["weights"]["Ablation: multi"] == {m: str(out.parent / "run" / "best.pt") for m in CASES}
+    assert settings["refine_steps"][OURS] == {m: DEFAULT_STEPS[m] for m in CASES}
 
 
 def test_every_method_on_every_case(full):
@@ -239,6 +241,19 @@ def test_selection_and_determinism(full, data):
         for key in row:
             if key != "seconds":
                 assert row[key] == same[key] or (math.isnan(row[key]) and math.isnan(same[key])), key
+
+
+def test_refine_steps_reach_the_networks(full, data):
+    """``refine_steps=0`` gives the network's own fields: different CT registrations, recorded."""
+    _, full_rows = full
+    out = data / "no_refine"
+    run_benchmark(data / "cases", out, methods="ours", modalities=["CT"], weights_dir=data / "weights",
+                  seed=0, device="cpu", progress=False, plots=False, refine_steps=0)
+    rows = read_csv(out / "per_case.csv")
+    refined = {r["case"]: r["ncc"] for r in full_rows if r["modality"] == "CT" and r["method"] == OURS}
+    assert any(abs(r["ncc"] - refined[r["case"]]) > 1e-4 for r in rows)
+    assert json.loads((out / "settings.json").read_text())["refine_steps"][OURS] == {"CT": 0}
+    assert "CT off" in (out / "report.md").read_text()
 
 
 def test_default_selection_leaves_out_what_is_unavailable(data, tmp_path, monkeypatch):

@@ -98,7 +98,7 @@ class _FakeFuser:
 
 
 def _use_fake(monkeypatch: pytest.MonkeyPatch, fake: _FakeFuser) -> None:
-    monkeypatch.setattr(pipeline_module, "Fuser", lambda modality, weights=None, device="auto": fake)
+    monkeypatch.setattr(pipeline_module, "Fuser", lambda modality, weights=None, device="auto", refine=None: fake)
 
 
 def _constant_field(ux: float, uy: float) -> Callable[[tuple[int, int]], np.ndarray]:
@@ -263,7 +263,10 @@ def test_moving_flipped_in_geometry_is_not_mirrored(head, tiny_weights) -> None:
     fixed = _image(head["mri"])
     far_end = np.asarray(ORIGIN) + np.array([(SHAPE[2] - 1) * SPACING[0], 0, 0])
     moving = _image(head["ct"][:, :, ::-1], origin=far_end, direction=np.diag([-1.0, 1.0, 1.0]))
-    result = register_and_fuse_volumes(fixed, moving, "CT", weights=tiny_weights["CT"], device="cpu", prealign=False)
+    # geometry only: refinement's sub-voxel shifts would interpolate (smooth) the phantom's brain
+    # texture and lower the correlation this test reads
+    result = register_and_fuse_volumes(fixed, moving, "CT", weights=tiny_weights["CT"], device="cpu", prealign=False,
+                                       refine_steps=0)
     aligned, truth = _array(result.aligned), head["ct"].astype(np.float32)
     brain = head["labels"] > 2  # inside the skull the phantom is asymmetric (air dominates elsewhere)
     assert np.corrcoef(aligned[brain], truth[brain])[0, 1] > 0.95
@@ -492,4 +495,5 @@ def test_trained_model_reduces_endpoint_error_of_a_known_deformation(head) -> No
     mask = pair.labels > 0
     err = endpoint_error(recovered, truth, mask=mask, spacing=(1.0, 1.0, 2.0))
     err_identity = endpoint_error(np.zeros_like(recovered), truth, mask=mask, spacing=(1.0, 1.0, 2.0))
+    print(f"EPE recovered {err:.3f} mm, identity {err_identity:.3f} mm")
     assert err < 0.8 * err_identity, (err, err_identity)

@@ -160,6 +160,11 @@ class NetworkMethod:
         """Modality -> weights file (recorded in ``settings.json``)."""
         return {modality: str(fuser.weights) for modality, fuser in self.fusers.items()}
 
+    @property
+    def refine_steps(self) -> dict[str, int]:
+        """Modality -> steps of per-pair field refinement (0 = network field only)."""
+        return {modality: fuser.refine.steps for modality, fuser in self.fusers.items()}
+
     def __call__(self, case: Case) -> MethodOutputLike:
         if case.modality not in self.fusers:
             raise InputError(f"no {case.modality} model loaded for this method")
@@ -296,13 +301,14 @@ def _selection(methods: Iterable[str] | str | None) -> list[str] | None:
     return keys
 
 
-def _network(name: str, source: str | os.PathLike | None, modalities: Sequence[str], device: str) -> NetworkMethod:
+def _network(name: str, source: str | os.PathLike | None, modalities: Sequence[str], device: str,
+             refine_steps: int | None = None) -> NetworkMethod:
     fusers = {}
     for modality in modalities:
         path = checkpoint.default_weights_path(modality) if source is None else weights_file(source, modality)
         if not path.is_file():
             raise InputError(f"{path}: no weights file for {name} ({modality}); give a weights folder")
-        fusers[modality] = Fuser(modality, path, device)
+        fusers[modality] = Fuser(modality, path, device, refine=refine_steps)
     return NetworkMethod(fusers)
 
 
@@ -314,6 +320,7 @@ def build_methods(
     published: str | os.PathLike | None = None,
     seed: int = 0,
     device: str = "auto",
+    refine_steps: int | None = None,
 ) -> tuple[list[BenchmarkMethod], list[str]]:
     """The benchmark's methods for ``datasets``, in table order, and notes on what was left out.
 
@@ -337,7 +344,7 @@ def build_methods(
         if weights_dir is None and missing and not explicit:
             notes.append(f"{OURS} left out: no shipped weights ({missing[0]}); pass a weights folder.")
         else:
-            out.append(BenchmarkMethod(OURS, "ours", _network(OURS, weights_dir, modalities, device), view=OURS))
+            out.append(BenchmarkMethod(OURS, "ours", _network(OURS, weights_dir, modalities, device, refine_steps), view=OURS))
     if "ablations" in wanted:
         if explicit and not ablations:
             raise InputError("method 'ablations' selected but no ablation given (NAME=FILE_OR_RUN_FOLDER)")
@@ -345,7 +352,7 @@ def build_methods(
             name = f"Ablation: {label}"
             if not str(label).strip() or name in (m.name for m in out):
                 raise InputError(f"ablation name {label!r} is empty or given twice")
-            out.append(BenchmarkMethod(name, "ablations", _network(name, source, modalities, device), view=name))
+            out.append(BenchmarkMethod(name, "ablations", _network(name, source, modalities, device, refine_steps), view=name))
     if "published" in wanted:
         if published is None:
             if explicit:
@@ -487,6 +494,8 @@ def _notes(methods: Sequence[BenchmarkMethod], skipped: Sequence[str], seed: int
         if isinstance(entry.method, NetworkMethod):
             files = ", ".join(f"{mod} `{path}`" for mod, path in entry.method.weights.items())
             lines.append(f"- Weights of {entry.name}: {files}")
+            steps = ", ".join(f"{mod} {n or 'off'}" for mod, n in entry.method.refine_steps.items())
+            lines.append(f"- Per-pair field refinement of {entry.name} (`bsafusion.refine`, steps): {steps}")
     lines += [
         "",
         f"Seed {seed}; device {device}; `s/case` is the wall time per pair (one process, this machine). "
@@ -523,6 +532,7 @@ def _settings(methods: Sequence[BenchmarkMethod], modalities: Sequence[str], see
         "device": device,
         "methods": [m.name for m in methods],
         "weights": {m.name: m.method.weights for m in methods if isinstance(m.method, NetworkMethod)},
+        "refine_steps": {m.name: m.method.refine_steps for m in methods if isinstance(m.method, NetworkMethod)},
         "published": None if published is None else str(published),
         "classical_settings": None if registration is None else {
             modality: registration.settings(modality).to_dict() for modality in modalities
@@ -545,6 +555,7 @@ def run_benchmark(
     panel_case: str | None = None,
     plots: bool = True,
     command: str | None = None,
+    refine_steps: int | None = None,
 ) -> Path:
     """Run the benchmark on the unaligned cases under ``cases_root`` and write the results folder.
 
@@ -580,6 +591,9 @@ def run_benchmark(
         Write the box plots.
     command:
         The command quoted in the report (default: this call in Python syntax).
+    refine_steps:
+        Per-pair field refinement steps for ``ours`` and the ablations (:mod:`bsafusion.refine`);
+        ``None`` for each modality's default, 0 for the network's field alone.
 
     Returns
     -------
@@ -605,14 +619,14 @@ def run_benchmark(
         command = _python_command(
             cases_root, out_dir, methods=methods, modalities=modalities, weights_dir=weights_dir,
             ablations=dict(ablations or {}), published=published, limit=limit, seed=seed, device=device,
-            panel_case=panel_case,
+            panel_case=panel_case, refine_steps=refine_steps,
         )  # fmt: skip
     if modalities is not None:
         modalities = [str(m).upper() for m in modalities]
     datasets = case_sets(cases_root, modalities)
     device_name = str(resolve_device(device))
     torch.manual_seed(int(seed))
-    chosen, skipped = build_methods(datasets, methods, weights_dir, ablations, published, int(seed), device)
+    chosen, skipped = build_methods(datasets, methods, weights_dir, ablations, published, int(seed), device, refine_steps)
     show = _panel_cases(datasets, limit, panel_case)
 
     out_dir = Path(out_dir)

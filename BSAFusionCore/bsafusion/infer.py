@@ -13,6 +13,7 @@ Field convention: see :mod:`bsafusion.deform` (pixels of the fixed grid, channel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -29,6 +30,7 @@ from bsafusion.deform import resize_field, warp
 from bsafusion.errors import InputError
 from bsafusion.io import read_image, read_luma, read_slice, write_image
 from bsafusion.model import BSFAF
+from bsafusion.refine import RefineSettings, default_settings, refine_field
 from bsafusion.device import resolve_device
 from bsafusion.transforms import field_to_displacement_image
 from bsafusion.visualize import checkerboard, save_panel
@@ -78,15 +80,26 @@ class Fuser:
     >>> result = fuser.fuse(mri, ct)                          # doctest: +SKIP
     >>> result.fused.shape == mri.shape                       # doctest: +SKIP
     True
+
+    ``refine`` sets the per-pair refinement of the network's field (:mod:`bsafusion.refine`):
+    ``None`` for the modality's default (on for CT, off for PET/SPECT), an int for a number of
+    steps (0 = off), or full :class:`~bsafusion.refine.RefineSettings`.
     """
 
-    def __init__(self, modality: str, weights: str | Path | None = None, device: str = "auto") -> None:
+    def __init__(
+        self,
+        modality: str,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        refine: RefineSettings | int | None = None,
+    ) -> None:
         self.modality = modality.upper()
         if self.modality not in MODALITIES:
             raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
         self.weights = Path(weights) if weights else checkpoint.default_weights_path(self.modality)
         self.device = resolve_device(device)
         self.model: BSFAF = checkpoint.load_model(self.weights, self.modality, self.device)
+        self.refine = refine if isinstance(refine, RefineSettings) else default_settings(self.modality, refine)
 
     @torch.no_grad()
     def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[FusionResult]:
@@ -117,7 +130,8 @@ class Fuser:
             _resize(torch.from_numpy(m)[None, None], shape)[0] for m in luma_list
         ]).to(dev)
         net = (self.model.cfg.img_size,) * 2
-        out = self.model(_resize(fixed_t, net), _resize(moving_full, net))
+        refine = partial(refine_field, settings=self.refine) if self.refine.steps else None
+        out = self.model(_resize(fixed_t, net), _resize(moving_full, net), refine=refine)
         field = resize_field(out.field_ba, shape)
         inverse = resize_field(out.field_ab, shape)
         # border padding: the studio-range background of PET/SPECT luma is 16/255, not 0

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of torch and of the classical registration's sampling (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda for the networks (default auto)")
     parser.add_argument("--panel-case", help="case shown in the panels (default: first case of each modality)")
+    parser.add_argument("--refine-steps", type=int, metavar="N",
+                        help="per-pair field refinement steps for ours/ablations (default: per modality; 0 = off)")
     parser.add_argument("--no-plots", action="store_true", help="do not write box plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -52,7 +54,7 @@ def _command(args: argparse.Namespace) -> str:
     words = ["bsafusion", NAME, "--cases", args.cases, "--out", args.out]
     options = [("--methods", args.methods), ("--weights-dir", args.weights_dir), ("--published", args.published),
                ("--limit", args.limit), ("--seed", args.seed), ("--device", args.device),
-               ("--panel-case", args.panel_case)]
+               ("--panel-case", args.panel_case), ("--refine-steps", args.refine_steps)]
     for flag, value in options:
         if value is not None:
             words += [flag, str(value)]
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         panel_case=args.panel_case,
         plots=not args.no_plots,
         command=_command(args),
+        refine_steps=args.refine_steps,
     )
     print(markdown_tables(summarize(read_csv(report.parent / "per_case.csv")), show_time=True))
     print(f"report: {report}\nper-case metrics: {report.parent / 'per_case.csv'}")

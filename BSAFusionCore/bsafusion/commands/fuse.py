@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--weights", help="weights file (default: the shipped model for --modality)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--refine-steps", type=int, metavar="N",
+                        help="per-pair refinement of the network's field (default: 100 for CT, off for PET/SPECT; "
+                             "0 = off); see bsafusion.refine")
     parser.add_argument("--no-prealign", action="store_true", help="volumes: skip the rigid pre-alignment")
     parser.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"],
                         help="volumes: plane the 2D network runs in (default axial)")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         progress = None if args.no_progress else console_progress()
         result, paths = fuse_volume_files(fixed, moving, args.modality, args.out, args.stem, weights=args.weights,
                                           device=args.device, prealign=not args.no_prealign, axis=args.axis,
-                                          progress=progress)
+                                          progress=progress, refine_steps=args.refine_steps)
         for kind, path in paths.items():
             print(f"{kind:22s} {path}")
         print(f"inverse consistency: {result.inverse_consistency_mm:.3f} mm; "
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bsafusion.infer import Fuser, fuse_files, fuse_folder, pair_folder
 
-    fuser = Fuser(args.modality, args.weights, args.device)
+    fuser = Fuser(args.modality, args.weights, args.device, refine=args.refine_steps)
     if fixed.is_dir():
         outputs = fuse_folder(pair_folder(fixed, moving), fuser, args.out, progress=not args.no_progress)
         print(f"fused {len(outputs)} pairs into {args.out}")

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from bsafusion.deform import resize_field, warp
+from bsafusion.deform import invert, resize_field, warp
 from bsafusion.model.bsfa import BSFA, AlignmentResult, FeaturePyramid
 from bsafusion.model.config import MODALITY_CLASSES, ModelConfig
 from bsafusion.model.encoder import Encoder
@@ -46,7 +47,18 @@ class BSFAF(nn.Module):
         self.bsfa = BSFA(self.cfg)
         self.mmff = MMFF(self.cfg)
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> BSFAFOutput:
+    def forward(
+        self,
+        fixed: torch.Tensor,
+        moving: torch.Tensor,
+        refine: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> BSFAFOutput:
+        """Register and fuse; ``refine(fixed, moving, field_ba)`` may replace the predicted field.
+
+        With ``refine`` (inference only, e.g. :func:`bsafusion.refine.refine_field`), MMFF fuses
+        with the refined field, ``field_ab`` becomes its numerical inverse, and ``alignment``
+        still describes the network's own prediction.
+        """
         if fixed.shape != moving.shape or fixed.ndim != 4 or fixed.shape[1] != 1:
             raise ValueError(f"expected two (N, 1, H, W) tensors of equal shape, got {fixed.shape} and {moving.shape}")
         if fixed.shape[-1] % self.cfg.patch_size or fixed.shape[-2] % self.cfg.patch_size:
@@ -65,6 +77,9 @@ class BSFAF(nn.Module):
         size = fixed.shape[2:]
         field_ba = resize_field(alignment.field_ba, size)
         field_ab = resize_field(alignment.field_ab, size)
+        if refine is not None:
+            field_ba = refine(fixed, moving, field_ba)
+            field_ab = invert(field_ba)
         shallow_a, shallow_b = enc.shallow.chunk(2, dim=0)
         deep_a, deep_b = enc.deep.chunk(2, dim=0)
         # the fusion losses must not bend the registration: the field reaches MMFF detached

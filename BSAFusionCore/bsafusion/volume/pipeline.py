@@ -309,6 +309,7 @@ def register_and_fuse_volumes(
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
     *,
+    refine_steps: int | None = None,
     prealign_rigid: bool = True,
     slice_sigma_mm: float = SLICE_SIGMA_MM,
     names: tuple[str, str] = ("fixed volume", "moving volume"),
@@ -341,6 +342,9 @@ def register_and_fuse_volumes(
         ``progress(fraction, message)``, called at each stage and network batch.
     cancel : callable, optional
         Polled at the same points; returning True raises :class:`Cancelled`.
+    refine_steps : int, optional
+        Per-slice refinement of the network's field (:mod:`bsafusion.refine`); default: the
+        modality's (on for CT, off for PET/SPECT); 0 = off.
     prealign_rigid : bool
         Rigid pre-alignment (default) or, with False, a full affine one.
     slice_sigma_mm : float
@@ -383,7 +387,7 @@ def register_and_fuse_volumes(
     check_modality(fixed, "MRI", fixed_name)
     check_modality(moving, modality, moving_name)
     report(0.0, "loading the model")
-    fuser = Fuser(modality, weights, device)  # bad weights fail before the slow stages
+    fuser = Fuser(modality, weights, device, refine=refine_steps)  # bad weights fail before the slow stages
     if batch_size is None:
         batch_size = 8 if resolve_device(device).type == "cuda" else 1
 

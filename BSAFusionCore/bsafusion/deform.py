@@ -278,9 +278,11 @@ def random_misalignment(
 
     The elastic field is applied first, then the affine one (``field = compose(elastic,
     affine)``), so the result mimics a pose difference plus local tissue deformation.
-    Defaults are of the order of the Harvard test cases' misalignment (a few degrees, a few
-    pixels on 256x256); they scale with the grid for translations and elastic smoothness, and
-    ``max_elastic`` is in pixels at 256 and scaled to the grid size.
+    The defaults model a pose difference plus mild tissue deformation (mean displacement about
+    10 px at 256x256, mostly affine). The Harvard test cases are smaller and almost purely
+    elastic (mean 3-4 px); ``BSAFusionCore/docs/network.md`` gives the matching profile.
+    Translations and elastic smoothness scale with the grid, and ``max_elastic`` is in pixels
+    at 256 and scaled to the grid size.
 
     Examples
     --------

@@ -4,7 +4,8 @@ Measures, on this machine's CPU with ``--threads`` torch threads (2 by default, 
 development machine and of CI):
 
 * **per 256x256 pair**: our network's forward pass alone; ``Fuser.fuse`` (in memory: resampling,
-  forward pass, warping at full size); end to end from files with
+  forward pass, warping at full size), network field only, and with the per-pair refinement
+  that is the CT default (:mod:`bsafusion.refine`); end to end from files with
   :func:`bsafusion.infer.fuse_files` (read PNGs, fuse, write fused/aligned PNGs, the field and
   the quick-look panel); the classical SimpleITK affine + B-spline registration
   (:func:`bsafusion.baselines.register_classical`, with its deterministic single ITK thread and
@@ -112,9 +113,12 @@ def pair_tasks(fuser: Fuser, workdir: Path) -> dict[str, Callable[[], object]]:
         with torch.no_grad():
             return fuser.model(f_t, m_t)
 
+    refined = Fuser("CT", fuser.weights, device="cpu")  # the CT default: per-pair refinement on
+
     tasks: dict[str, Callable[[], object]] = {
         f"Ours: forward pass ({fuser.model.cfg.img_size}²)": forward,
         "Ours: `Fuser.fuse` (in memory)": lambda: fuser.fuse(fixed, moving),
+        f"Ours: `Fuser.fuse` + refinement ({refined.refine.steps} steps, the CT default)": lambda: refined.fuse(fixed, moving),
         "Ours: end to end, files (`fuse_files`)": lambda: fuse_files(fixed_png, moving_png, fuser, workdir / "out", "bench"),
         "SimpleITK affine + B-spline (1 ITK thread, deterministic)": lambda: register_classical(fixed, moving),
         "SimpleITK affine + B-spline (ITK default threads)": lambda: register_classical(
@@ -200,7 +204,7 @@ def measure_memory_here(task: str, weights: Path, threads: int) -> dict[str, flo
     """Run one task once in this (fresh) process; its peak RSS rise and tracemalloc peak (MiB)."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        fuser = Fuser("CT", weights, device="cpu")
+        fuser = Fuser("CT", weights, device="cpu", refine=0)
         fn = pair_tasks(fuser, Path(tmp))[task]
         _reset_peak_rss()
         before = _rss_bytes() or 0
@@ -232,7 +236,7 @@ def run(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         weights, what = resolve_weights(args.weights, workdir)
-        fuser = Fuser("CT", weights, device="cpu")
+        fuser = Fuser("CT", weights, device="cpu", refine=0)
         model = fuser.model
         cfg = model.cfg
         params = sum(p.numel() for p in model.parameters())

@@ -90,7 +90,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
-def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: int | None) -> dict:
+def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: int | None,
+        refine_steps: int | None = None) -> dict:
     import SimpleITK as sitk
     import torch
     from bsafusion import checkpoint
@@ -111,7 +112,8 @@ def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: in
     t = time.perf_counter()
     fixed, moving = read_volume(data / "mri.nii.gz"), read_volume(data / "ct.nii.gz")
     read_s = time.perf_counter() - t
-    result = register_and_fuse_volumes(fixed, moving, "CT", weights=weights, device="cpu", batch_size=batch_size)
+    result = register_and_fuse_volumes(fixed, moving, "CT", weights=weights, device="cpu", batch_size=batch_size,
+                                       refine_steps=refine_steps)
     t = time.perf_counter()
     paths = write_volume_result(result, out / "result")
     write_s = time.perf_counter() - t
@@ -123,6 +125,7 @@ def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: in
         "threads": threads,
         "weights": weights,
         "network_slices": result.network_slices,
+        "refine_steps": "CT default" if refine_steps is None else refine_steps,
         "seconds": {k: round(v, 2) for k, v in stages.items()},
         "network_s_per_slice": round(result.timings["network"] / max(result.network_slices, 1), 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: the pipeline's, 1 on CPU)")
     parser.add_argument("--weights", help="weights (default: the shipped CT model, else an untrained default one)")
+    parser.add_argument("--refine-steps", type=int, help="per-slice field refinement steps (default: the CT default)")
     parser.add_argument("--data", type=Path, help="folder for the phantom pair (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--make-data", type=Path, help=argparse.SUPPRESS)  # internal: child process
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             subprocess.run([sys.executable, __file__, "--make-data", str(data), "--size", *map(str, size)], check=True)
             print(f"phantom pair {size} written in {time.perf_counter() - t:.0f} s (not timed below)", file=sys.stderr)
-        numbers = run(data, Path(tmp), args.threads, args.weights, args.batch_size)
+        numbers = run(data, Path(tmp), args.threads, args.weights, args.batch_size, args.refine_steps)
     text = json.dumps(numbers, indent=2)
     print(text)
     if args.json:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bsafusion.deform import compose, random_elastic_field, warp
+from bsafusion.deform import compose, invert, random_elastic_field, warp
 from bsafusion.errors import InputError
 from bsafusion.infer import Fuser
 from bsafusion.model import BSFAF
@@ -33,9 +33,7 @@ def deformed_ct():
     truth = _tensor(pair.other)
     moving = warp(truth, deformation, padding="border")
     # the field aligning moving back onto the fixed grid is the inverse of the deformation
-    inverse = -deformation
-    for _ in range(40):
-        inverse = -warp(deformation, inverse, padding="border")
+    inverse = invert(deformation, iterations=40)
     mask = torch.from_numpy(pair.mri > 0.05)
     return _tensor(pair.mri), moving, truth, inverse, mask
 

@@ -19,7 +19,8 @@ Regulariser
 
 Measured on ``../shared/data/harvard/test_unaligned`` (NCC of the aligned moving image against
 the truth; identity start; ``Testing/benchmarks/README.md`` has the full table): CT 0.838 ->
-0.871 (8 of 10 cases better), but PET 0.942 -> 0.90 and SPECT 0.960 -> 0.92: functional images
+0.871 (8 of 10 cases better), but PET 0.942 -> 0.933 (10 of 28 better) and SPECT 0.960 -> 0.950
+(8 of 39 better) with these same settings: functional images
 share too little structure with MRI for MIND (mutual information did no better). Hence the
 per-modality defaults of :data:`DEFAULT_STEPS`: on for CT, off for PET and SPECT.
 """
@@ -47,7 +48,7 @@ class RefineSettings:
 
     The defaults were chosen on the CT test cases (grid 8 or 16, smoothness 0.1-1, 50-150 steps,
     size 64-128 compared; ``BSAFusionCore/docs/network.md``): 128 px and 100 Adam steps cost
-    about 0.35 s per pair on 2 CPU cores (``Testing/benchmarks/speed.py``).
+    about 0.33 s per pair on 2 CPU cores (``Testing/benchmarks/speed.py``).
     """
 
     steps: int = 100

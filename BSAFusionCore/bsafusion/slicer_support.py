@@ -2,32 +2,36 @@
 
 Why this module exists
 ----------------------
-Slicer cannot be installed on the machines that run our tests, so the scripted module
-(``BSAFusionExtension/BSAFusion/BSAFusion.py``) is kept thin: it moves volumes between the MRML
-scene and SimpleITK (``sitkUtils``), creates nodes, and sets up the views. Every decision behind
-those calls lives here, in plain Python, and is tested with the rest of the core:
+The scripted module (``BSAFusionExtension/BSAFusion/BSAFusion.py``) is kept thin: it moves
+voxels between the MRML scene and the core, creates nodes, and sets up the views. Every decision
+behind those calls lives here, in plain Python, and is tested with the rest of the core (and,
+with the ``slicer-test`` extra, against a real headless MRML scene: ``Testing/extension``):
 
 * **parameters**: :func:`validate_parameters` checks the GUI/batch choices once, on the GUI
-  thread, before any work starts, and turns them into a :class:`RunParameters`;
+  thread, before any work starts, and turns them into a :class:`RunParameters`; options left
+  unset keep the core's defaults;
 * **the run**: :func:`run_core` calls :func:`bsafusion.volume.register_and_fuse_volumes`
   (nothing else: no algorithm code in the extension), and :class:`BackgroundJob` runs it in a
   worker thread that the GUI polls for progress, result or error;
 * **outputs**: :func:`output_volumes` lists the volumes to create (name, node class, the image to
   push, colour table, window/level): fused, aligned, Jacobian and checkerboard;
-* **the transform**: :func:`write_slicer_transform` writes the core's transform as an ITK HDF5
-  file for ``slicer.util.loadTransform``.
+* **geometry**: :func:`ijk_to_ras` and :func:`image_from_node_array` convert between a
+  SimpleITK image and a volume node's voxels + IJK -> RAS matrix;
+* **the transform**: :func:`write_slicer_transform` writes the core's transform as a compressed
+  displacement field that ``vtkMRMLTransformStorageNode`` reads.
 
 Coordinates and the transform Slicer loads
 ------------------------------------------
-SimpleITK and ITK transform files use **LPS** physical coordinates (mm); Slicer's scene uses
-**RAS**. We never convert by hand in the module: ``sitkUtils`` converts volumes both ways, and
-Slicer converts an ITK transform file from LPS to RAS when it loads it (as SlicerElastix and
-SlicerANTs rely on). The core's ``result.transform`` maps **fixed points to moving points**
+SimpleITK and ITK files use **LPS** physical coordinates (mm); Slicer's scene uses **RAS**.
+Volumes cross over through :func:`ijk_to_ras` / :func:`image_from_node_array` (negate x and y
+of the geometry; voxels are not reordered). The transform crosses over as a file: Slicer's
+transform storage node converts an ITK displacement field from LPS to RAS when it reads it. The
+core's ``result.transform`` maps **fixed points to moving points**
 (``sitk.Resample(moving, fixed, transform)`` is the aligned image); this is exactly what Slicer
 calls a transform *from parent*, so the loaded node, set as the moving volume's parent
 transform, shows the moving volume aligned on the fixed one. :func:`ras_to_lps`,
-:func:`lps_to_ras`, :func:`sample_points` and :func:`transform_discrepancy_mm` let the module's
-self-test check that claim inside Slicer, point by point.
+:func:`lps_to_ras`, :func:`sample_points` and :func:`transform_discrepancy_mm` check that claim
+point by point.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ __all__ = [
     "same_geometry",
     "quality_summary",
     "write_slicer_transform",
+    "read_slicer_transform",
+    "ijk_to_ras",
+    "image_from_node_array",
     "ras_to_lps",
     "lps_to_ras",
     "sample_points",
@@ -93,30 +100,53 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RunParameters:
-    """Validated choices for one run (see :func:`validate_parameters`)."""
+    """Validated choices for one run (see :func:`validate_parameters`).
+
+    ``None`` means "not chosen": :func:`run_core` then leaves the option out, so the core's own
+    default applies and the module never carries a second copy of it.
+    """
 
     modality: str
-    weights: Path | None  # None: the shipped model for ``modality``
-    device: str
-    prealign: bool
-    axis: str
-    batch_size: int
+    weights: Path | None = None  # None: the shipped model for ``modality``
+    device: str | None = None
+    prealign: bool | None = None
+    axis: str | None = None
+    batch_size: int | None = None
+    refine_steps: int | None = None  # None: the modality's default; 0: off
+
+    def core_options(self) -> dict[str, object]:
+        """Keyword arguments for ``register_and_fuse_volumes``: only the options that were chosen."""
+        chosen = {"weights": self.weights, "device": self.device, "prealign": self.prealign, "axis": self.axis,
+                  "batch_size": self.batch_size, "refine_steps": self.refine_steps}
+        return {key: value for key, value in chosen.items() if value is not None}
+
+
+def _count(value: object, what: str, minimum: int) -> int | None:
+    """``None`` or a whole number >= ``minimum`` (bools refused: ``True`` is not a count)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or int(value) != value \
+            or int(value) < minimum:
+        raise InputError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def validate_parameters(
     modality: str,
     weights: str | Path | None = None,
-    device: str = "auto",
-    prealign: bool = True,
-    axis: str = "axial",
-    batch_size: int = 1,
+    device: str | None = None,
+    prealign: bool | None = None,
+    axis: str | None = None,
+    batch_size: int | None = None,
+    refine_steps: int | None = None,
 ) -> RunParameters:
     """Check the module's parameters before any work starts; raise :class:`InputError` if unusable.
 
     Called on the GUI thread so that a wrong choice (a missing weights file, CUDA on a machine
     without a GPU) is reported at once in a message box, not after the volumes were read.
     ``weights`` empty or ``None`` means the shipped model; it must exist (the message says
-    where it was looked for).
+    where it was looked for). Every other option left at ``None`` takes the core's default
+    (:func:`bsafusion.volume.register_and_fuse_volumes`).
 
     Examples
     --------
@@ -126,13 +156,15 @@ def validate_parameters(
     name = str(modality).strip().upper()
     if name not in MODALITIES:
         raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
-    dev = str(device).strip().lower() or "auto"
-    resolve_device(dev)  # raises InputError for unknown names and for CUDA without a GPU
-    ax = str(axis).strip().lower()
-    if ax not in AXES:
-        raise InputError(f"unknown slice axis {axis!r}; choose one of {', '.join(AXES)}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) < 1:
-        raise InputError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    dev = None
+    if device is not None:
+        dev = str(device).strip().lower() or "auto"
+        resolve_device(dev)  # raises InputError for unknown names and for CUDA without a GPU
+    ax = None
+    if axis is not None:
+        ax = str(axis).strip().lower()
+        if ax not in AXES:
+            raise InputError(f"unknown slice axis {axis!r}; choose one of {', '.join(AXES)}")
     path: Path | None = None
     if weights is not None and str(weights).strip():
         path = Path(str(weights).strip()).expanduser()
@@ -144,7 +176,8 @@ def validate_parameters(
         shipped = checkpoint.default_weights_path(name)
         if not shipped.is_file():
             raise InputError(f"{shipped}: no shipped {name} model in this installation; choose a weights file")
-    return RunParameters(name, path, dev, bool(prealign), ax, int(batch_size))
+    return RunParameters(name, path, dev, None if prealign is None else bool(prealign), ax,
+                         _count(batch_size, "batch size", 1), _count(refine_steps, "refinement steps", 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,12 +202,9 @@ def run_core(request: RunRequest, progress: ProgressFn | None = None, cancel: Ca
     core at each stage and network batch; it raises ``bsafusion.volume.Cancelled`` when it
     returns True.
     """
-    p = request.parameters
-    return register_and_fuse_volumes(
-        request.fixed, request.moving, p.modality, weights=p.weights, device=p.device,
-        prealign=p.prealign, axis=p.axis, batch_size=p.batch_size, progress=progress, cancel=cancel,
-        names=request.names,
-    )
+    return register_and_fuse_volumes(request.fixed, request.moving, request.parameters.modality,
+                                     progress=progress, cancel=cancel, names=request.names,
+                                     **request.parameters.core_options())
 
 
 class BackgroundJob(Generic[T]):
@@ -393,17 +423,64 @@ def quality_summary(result: VolumeResult) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def write_slicer_transform(transform: sitk.Transform, directory: str | Path, stem: str = "bsafusion_transform") -> Path:
-    """Write ``transform`` (fixed -> moving points, LPS mm) as ``<stem>.h5`` for ``loadTransform``.
+def write_slicer_transform(transform: sitk.Transform, reference: sitk.Image, directory: str | Path,
+                           stem: str = "bsafusion_transform") -> Path:
+    """Write ``transform`` (fixed -> moving points, LPS mm) as a compressed displacement field.
 
-    HDF5 is ITK's transform format that holds linear, displacement-field and composite
-    transforms alike, which Slicer reads into one transform node (converting LPS to RAS); a text
-    ``.tfm`` would spell out a displacement field number by number.
+    The file is ``<stem>.nrrd``: the total displacement ``transform(x) - x`` on ``reference``'s
+    grid (the fixed volume), float32, gzip-compressed. ``vtkMRMLTransformStorageNode`` reads it
+    as one grid transform *from parent* (converting LPS to RAS), which is what the module sets as
+    the moving volume's parent transform. Why not the core's composite ``.h5``: ITK writes HDF5
+    transforms uncompressed at 24 bytes per voxel (225 MB for 256 x 256 x 150), and SimpleITK
+    cannot compress them. Folding the affine into the field loses nothing inside the grid:
+    linear interpolation of ``A(x + d(x)) - x`` equals ``A(x + interpolated d) - x`` because
+    ``A`` is affine.
     """
-    path = Path(directory) / f"{stem}.h5"
+    path = Path(directory) / f"{stem}.nrrd"
     path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteTransform(transform, str(path))
+    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, reference.GetSize(),
+                                              reference.GetOrigin(), reference.GetSpacing(),
+                                              reference.GetDirection())
+    sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorFloat32), str(path), True)
     return path
+
+
+def read_slicer_transform(path: str | Path) -> sitk.DisplacementFieldTransform:
+    """The transform of a :func:`write_slicer_transform` file, as SimpleITK applies it."""
+    field = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkVectorFloat64)
+    return sitk.DisplacementFieldTransform(field)
+
+
+def ijk_to_ras(image: sitk.Image) -> np.ndarray:
+    """The 4 x 4 IJK -> RAS matrix of a Slicer volume node holding ``image`` (LPS geometry).
+
+    SimpleITK maps a voxel index to ``origin + direction @ (spacing * index)`` in LPS; Slicer's
+    node stores the same mapping in RAS, so both the rotation-scale block and the origin get
+    x and y negated.
+    """
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = _LPS_RAS[:, None] * direction * spacing[None, :]
+    matrix[:3, 3] = lps_to_ras(image.GetOrigin())
+    return matrix
+
+
+def image_from_node_array(array: np.ndarray, ijk_to_ras_matrix: np.ndarray) -> sitk.Image:
+    """A SimpleITK image (LPS geometry) from a volume node's voxels and IJK -> RAS matrix.
+
+    ``array`` is indexed ``[k, j, i]`` (``[k, j, i, component]`` for vector volumes), as
+    ``slicer.util.arrayFromVolume`` returns it: the same order as ``sitk.GetArrayFromImage``.
+    """
+    values = np.asarray(array)
+    matrix = np.asarray(ijk_to_ras_matrix, dtype=np.float64)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(values), isVector=values.ndim == 4)
+    lps = _LPS_RAS[:, None] * matrix[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    image.SetSpacing(tuple(spacing))
+    image.SetDirection(tuple((lps / spacing[None, :]).ravel()))
+    image.SetOrigin(tuple(ras_to_lps(matrix[:3, 3])))
+    return image
 
 
 _LPS_RAS = np.array([-1.0, -1.0, 1.0])

@@ -1,13 +1,14 @@
 """BSAFusion for 3D Slicer: register and fuse CT, PET or SPECT with MRI in one stage.
 
 The module is a thin shell around the BSAFusion core (the ``bsafusion`` Python package, shipped
-inside the extension): the **Logic** pulls the two volumes out of the scene with ``sitkUtils``,
-hands them to :func:`bsafusion.slicer_support.run_core` (which calls the core's
+inside the extension): the **Logic** pulls the two volumes out of the scene (voxels with
+``slicer.util.arrayFromVolume``, geometry from the IJK -> RAS matrix), hands them to :func:`bsafusion.slicer_support.run_core` (which calls the core's
 ``register_and_fuse_volumes``), and loads what comes back into the scene: a transform node set as
 the moving volume's parent transform, a fused volume, the aligned moving volume, a Jacobian map
 and a checkerboard volume. Everything that is not a Slicer call (parameter checks, the list of
-outputs, colour conversion, the checkerboard, the transform file) lives in
-``bsafusion.slicer_support`` and is tested in the core's CI.
+outputs, colour conversion, the checkerboard, LPS/RAS geometry, the transform file) lives in
+``bsafusion.slicer_support`` and is tested in the core's CI. Options the user leaves alone are
+not passed on, so the core's defaults are the only ones.
 
 Why a worker thread and a polling timer
 ---------------------------------------
@@ -44,7 +45,6 @@ import qt
 import vtk
 
 import slicer
-import sitkUtils
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -112,7 +112,9 @@ class BSAFusionParameterNode:
 
     fixedVolume / movingVolume: the MRI and the CT/PET/SPECT volume.
     useShippedWeights / weightsFile: the model shipped for the modality, or a weights file.
-    device, prealign, sliceAxis: passed to the core (see bsafusion.volume).
+    device, prealign, sliceAxis, refineSteps: passed to the core (see bsafusion.volume);
+    refineSteps < 0 (shown as "modality default") leaves the core's per-modality default.
+    Their defaults here are the core's (CI compares them with register_and_fuse_volumes).
     hardenTransform: harden the transform into the moving volume after the run.
     output*: nodes written by the last run (reused by the next one).
     foregroundOpacity: the fade slider.
@@ -126,6 +128,7 @@ class BSAFusionParameterNode:
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     prealign: bool = True
     sliceAxis: Annotated[str, Choice(list(AXIS_CHOICES))] = "axial"
+    refineSteps: Annotated[int, WithinRange(-1, 10000)] = -1
     hardenTransform: bool = False
     outputTransform: vtkMRMLTransformNode
     fusedVolume: vtkMRMLScalarVolumeNode
@@ -278,6 +281,7 @@ class BSAFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 pn.fixedVolume, pn.movingVolume, pn.modality,
                 weights=None if pn.useShippedWeights else pn.weightsFile,
                 device=pn.device, prealign=pn.prealign, axis=pn.sliceAxis,
+                refineSteps=None if pn.refineSteps < 0 else pn.refineSteps,
                 ownTransformNode=pn.outputTransform,
             )
             from bsafusion.slicer_support import BackgroundJob
@@ -500,14 +504,16 @@ class BSAFusionLogic(ScriptedLoadableModuleLogic):
 
     # -- one run -------------------------------------------------------------------------------
 
-    def prepare(self, fixedVolumeNode, movingVolumeNode, modality: str, weights=None, device: str = "auto",
-                prealign: bool = True, axis: str = "axial", batchSize: int = 8, ownTransformNode=None):
+    def prepare(self, fixedVolumeNode, movingVolumeNode, modality: str, weights=None, device: Optional[str] = None,
+                prealign: Optional[bool] = None, axis: Optional[str] = None, refineSteps: Optional[int] = None,
+                ownTransformNode=None):
         """Check the parameters and pull both volumes out of the scene (GUI thread).
 
-        Returns a ``bsafusion.slicer_support.RunRequest``. Volumes are read as stored, without
-        their parent transforms, so a volume under another transform is refused (the outputs
-        would not line up); the moving volume may be under ``ownTransformNode``, the transform
-        of a previous BSAFusion run, which this run replaces.
+        Returns a ``bsafusion.slicer_support.RunRequest``. Options left at ``None`` take the
+        core's defaults. Volumes are read as stored, without their parent transforms, so a
+        volume under another transform is refused (the outputs would not line up); the moving
+        volume may be under ``ownTransformNode``, the transform of a previous BSAFusion run,
+        which this run replaces.
         """
         from bsafusion import slicer_support
 
@@ -515,16 +521,34 @@ class BSAFusionLogic(ScriptedLoadableModuleLogic):
             raise ValueError("select a fixed (MRI) and a moving (CT/PET/SPECT) volume")
         if fixedVolumeNode == movingVolumeNode:
             raise ValueError("the fixed and the moving volume are the same node")
-        parameters = slicer_support.validate_parameters(modality, weights, device, prealign, axis, batchSize)
+        parameters = slicer_support.validate_parameters(modality, weights, device, prealign, axis,
+                                                        refine_steps=refineSteps)
         for node, role in ((fixedVolumeNode, "fixed"), (movingVolumeNode, "moving")):
             parent = node.GetParentTransformNode()
             if parent is not None and not (role == "moving" and parent == ownTransformNode):
                 raise ValueError(f"the {role} volume '{node.GetName()}' is under the transform '{parent.GetName()}'; "
                                  "harden or remove that transform first")
-        fixed = sitkUtils.PullVolumeFromSlicer(fixedVolumeNode)
-        moving = sitkUtils.PullVolumeFromSlicer(movingVolumeNode)
-        return slicer_support.RunRequest(fixed, moving, parameters,
-                                         names=(fixedVolumeNode.GetName(), movingVolumeNode.GetName()))
+        return slicer_support.RunRequest(self.pullVolume(fixedVolumeNode), self.pullVolume(movingVolumeNode),
+                                         parameters, names=(fixedVolumeNode.GetName(), movingVolumeNode.GetName()))
+
+    @staticmethod
+    def pullVolume(volumeNode):
+        """The node's voxels and geometry as a SimpleITK image (LPS), without its parent transform."""
+        from bsafusion.slicer_support import image_from_node_array
+
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return image_from_node_array(slicer.util.arrayFromVolume(volumeNode).copy(),
+                                     slicer.util.arrayFromVTKMatrix(matrix))
+
+    @staticmethod
+    def pushVolume(image, volumeNode) -> None:
+        """Put a SimpleITK image (LPS) into a volume node: voxels and IJK -> RAS matrix."""
+        import SimpleITK as sitk
+        from bsafusion.slicer_support import ijk_to_ras
+
+        slicer.util.updateVolumeFromArray(volumeNode, sitk.GetArrayFromImage(image))
+        volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras(image)))
 
     def compute(self, request, progress: Optional[Callable] = None, cancel: Optional[Callable] = None):
         """The core's registration and fusion (any thread: touches neither Qt nor MRML)."""
@@ -554,7 +578,8 @@ class BSAFusionLogic(ScriptedLoadableModuleLogic):
         outputs = dict(outputs or {})
         names = slicer_support.node_names(movingVolumeNode.GetName())
         volumes = slicer_support.output_volumes(result, request.fixed, movingVolumeNode.GetName())
-        nodes = {"transform": self._loadTransform(result.transform, outputs.get("transform"), names["transform"])}
+        nodes = {"transform": self._loadTransform(result.transform, request.fixed, outputs.get("transform"),
+                                                  names["transform"])}
         transformNode = nodes["transform"]
         transformNode.SetNodeReferenceID(slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole(), movingVolumeNode.GetID())
         transformNode.SetNodeReferenceID(slicer.vtkMRMLTransformNode.GetFixedNodeReferenceRole(), fixedVolumeNode.GetID())
@@ -563,7 +588,7 @@ class BSAFusionLogic(ScriptedLoadableModuleLogic):
             slicer.vtkSlicerTransformLogic().hardenTransform(movingVolumeNode)
         for spec in volumes:
             node = self._volumeNode(outputs.get(spec.key), spec.node_class, spec.name)
-            sitkUtils.PushVolumeToSlicer(spec.image, targetNode=node)
+            self.pushVolume(spec.image, node)
             displayNode = node.GetDisplayNode()
             if spec.color_node_id:
                 displayNode.SetAndObserveColorNodeID(spec.color_node_id)
@@ -574,18 +599,29 @@ class BSAFusionLogic(ScriptedLoadableModuleLogic):
         return nodes
 
     @staticmethod
-    def _loadTransform(transform, existingNode, name: str):
-        """Load the core's transform via an ITK file, as SlicerElastix does (Slicer converts LPS to RAS)."""
+    def _loadTransform(transform, fixedImage, existingNode, name: str):
+        """Read the core's transform through Slicer's transform storage node (which converts LPS to RAS).
+
+        The file is a compressed displacement field (``write_slicer_transform``); the storage
+        node stays attached, so saving the scene writes the transform as a compressed ``.nrrd``
+        again. An ``existingNode`` (a previous run's, or the user's choice) is refreshed in place,
+        keeping its ID and references.
+        """
         from bsafusion.slicer_support import write_slicer_transform
 
+        node = existingNode or slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTransformNode", name)
+        storageNode = node.GetStorageNode()
+        if storageNode is None or not storageNode.IsA("vtkMRMLTransformStorageNode"):
+            storageNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTransformStorageNode")
+            node.SetAndObserveStorageNodeID(storageNode.GetID())
         with tempfile.TemporaryDirectory(prefix="BSAFusion-") as tmp:
-            loaded = slicer.util.loadTransform(str(write_slicer_transform(transform, tmp)))
-        if existingNode is None:
-            loaded.SetName(name)
-            return loaded
-        existingNode.CopyContent(loaded)  # keep the node the user chose (and its references)
-        slicer.mrmlScene.RemoveNode(loaded)
-        return existingNode
+            path = write_slicer_transform(transform, fixedImage, tmp)
+            storageNode.SetFileName(str(path))
+            if not storageNode.ReadData(node):
+                raise RuntimeError(f"Slicer could not read the BSAFusion transform ({path})")
+        storageNode.SetFileName(f"{node.GetName()}.nrrd")  # the temporary file is gone; a scene save writes this
+        storageNode.SetUseCompression(True)
+        return node
 
     @staticmethod
     def _volumeNode(existingNode, className: str, name: str):
@@ -595,12 +631,13 @@ class BSAFusionLogic(ScriptedLoadableModuleLogic):
         node.CreateDefaultDisplayNodes()
         return node
 
-    def process(self, fixedVolumeNode, movingVolumeNode, modality: str, weights=None, device: str = "auto",
-                prealign: bool = True, axis: str = "axial", harden: bool = False, outputs: Optional[dict] = None,
-                progress: Optional[Callable] = None, cancel: Optional[Callable] = None, ownTransformNode=None):
+    def process(self, fixedVolumeNode, movingVolumeNode, modality: str, weights=None, device: Optional[str] = None,
+                prealign: Optional[bool] = None, axis: Optional[str] = None, refineSteps: Optional[int] = None,
+                harden: bool = False, outputs: Optional[dict] = None, progress: Optional[Callable] = None,
+                cancel: Optional[Callable] = None, ownTransformNode=None):
         """prepare + compute + loadResults on the calling thread; returns ``(nodes, result)``."""
         request = self.prepare(fixedVolumeNode, movingVolumeNode, modality, weights, device, prealign, axis,
-                               ownTransformNode=ownTransformNode)
+                               refineSteps, ownTransformNode=ownTransformNode)
         result = self.compute(request, progress, cancel)
         nodes = self.loadResults(request, result, fixedVolumeNode, movingVolumeNode, outputs, harden)
         return nodes, result
@@ -660,7 +697,7 @@ class BSAFusionTest(ScriptedLoadableModuleTest):
     """Self-test, run inside Slicer (Developer mode > Reload and Test, or ctest).
 
     Makes a small unaligned phantom pair with the core's head phantom (no download), pushes it
-    into the scene with sitkUtils, runs the logic, and checks that the transform node, the fused
+    into the scene with the logic's pushVolume, runs the logic, and checks that the transform node, the fused
     and the aligned volumes exist on the fixed volume's grid, that the aligned volume equals the
     core's output, and that the transform node maps points as the core's transform does (which
     checks the LPS/RAS conversion Slicer does when it loads the ITK file).
@@ -711,9 +748,13 @@ class BSAFusionTest(ScriptedLoadableModuleTest):
         rigid = sitk.Euler3DTransform(fixed.TransformContinuousIndexToPhysicalPoint(
             [(s - 1) / 2 for s in fixed.GetSize()]), 0.0, 0.0, 0.08, (3.0, -2.0, 0.0))
         moving = sitk.Resample(moving, moving, rigid, sitk.sitkLinear, 0.0)
-        fixedNode = sitkUtils.PushVolumeToSlicer(fixed, name="PhantomMRI")
-        movingNode = sitkUtils.PushVolumeToSlicer(moving, name=f"Phantom{modality}")
-        return fixedNode, movingNode
+        nodes = []
+        for image, name in ((fixed, "PhantomMRI"), (moving, f"Phantom{modality}")):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+            node.CreateDefaultDisplayNodes()
+            BSAFusionLogic.pushVolume(image, node)
+            nodes.append(node)
+        return tuple(nodes)
 
     def _assertOnFixedGrid(self, node, fixedNode):
         self.assertEqual(node.GetImageData().GetDimensions(), fixedNode.GetImageData().GetDimensions())
@@ -765,7 +806,7 @@ class BSAFusionTest(ScriptedLoadableModuleTest):
             self._assertOnFixedGrid(nodes[key], fixedNode)
         aligned = slicer.util.arrayFromVolume(nodes["aligned"])
         np.testing.assert_allclose(aligned, sitk.GetArrayFromImage(result.aligned), atol=1e-5)
-        points = slicer_support.sample_points(sitkUtils.PullVolumeFromSlicer(fixedNode), count=25, on_grid=True)
+        points = slicer_support.sample_points(BSAFusionLogic.pullVolume(fixedNode), count=25, on_grid=True)
         worst = slicer_support.transform_discrepancy_mm(
             result.transform, transformNode.GetTransformFromParent().TransformPoint, points)
         self.assertLess(worst, 0.1, f"transform node differs from the core's transform by {worst:.3f} mm")

@@ -55,9 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modality", required=True, type=str.upper, choices=["CT", "PET", "SPECT"])
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--weights", default=None, help="weights file (default: the shipped model for --modality)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--axis", default="axial", help="slice axis: axial, coronal or sagittal")
-    parser.add_argument("--no-prealign", dest="prealign", action="store_false", help="skip the rigid/affine pre-alignment")
+    # Options left out are not passed on: the core's defaults apply (bsafusion.volume.register_and_fuse_volumes).
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: auto)")
+    parser.add_argument("--axis", default=None, help="slice axis: axial, coronal or sagittal (default: axial)")
+    parser.add_argument("--no-prealign", dest="prealign", action="store_false", default=None,
+                        help="skip the rigid/affine pre-alignment")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="per-slice refinement steps after the network; 0 = off "
+                             "(default: the modality's, on for CT, off for PET/SPECT)")
     parser.add_argument("--harden", action="store_true", help="harden the transform into the moving volume (in --scene)")
     parser.add_argument("--stem", default="bsafusion", help="prefix of the output file names")
     parser.add_argument("--scene", default=None, help="also save the Slicer scene here (.mrb)")
@@ -91,8 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fixedNode = slicer.util.loadVolume(args.fixed)
         movingNode = slicer.util.loadVolume(args.moving)
         _nodes, result = logic.process(fixedNode, movingNode, args.modality, weights=args.weights, device=args.device,
-                                      prealign=args.prealign, axis=args.axis, harden=args.harden,
-                                      progress=_print_progress)
+                                      prealign=args.prealign, axis=args.axis, refineSteps=args.refine_steps,
+                                      harden=args.harden, progress=_print_progress)
         from bsafusion.slicer_support import quality_summary
         from bsafusion.volume import write_volume_result
 

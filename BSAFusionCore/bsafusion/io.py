@@ -9,13 +9,16 @@ Everything the user can fix raises :class:`~bsafusion.errors.InputError` with on
 the file and the problem: a missing or corrupt file, an empty image, NaN/Inf values, a 4D
 image, colour where grey is required.
 
-Every write goes through :func:`atomic_output`: the file appears complete or not at all, and
-an existing file is never clobbered by a failed write.
+Every write goes through :func:`staged_outputs` (a set of files) or :func:`atomic_output` (one
+file): outputs appear complete or not at all, an existing file is never clobbered by a failed
+write, and images and transforms are read back before they are published.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gzip
 import os
 import shutil
 import tempfile
@@ -23,10 +26,15 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks (see _locked)
+    fcntl = None  # type: ignore[assignment]
 
 from bsafusion.colour import split_luma
 from bsafusion.errors import InputError
@@ -35,11 +43,19 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "image_suffix",
     "image_stem",
+    "GEOMETRY_FREE_SUFFIXES",
+    "check_output_dir",
+    "staged_outputs",
     "atomic_output",
+    "check_direction",
     "read_image",
+    "read_slice_image",
+    "slice_pixels",
+    "luma_pixels",
     "read_slice",
     "read_luma",
     "write_image",
+    "write_transform",
     "write_dicom_series",
 ]
 
@@ -50,6 +66,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
 """File name endings read and written as images (lower case)."""
 
 _EIGHT_BIT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+GEOMETRY_FREE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+"""Formats that store no origin or direction (pixel grids only)."""
+_ORTHONORMAL_TOLERANCE = 1e-4  # NIfTI stores directions as float32 quaternions
 _LOSSY_SUFFIXES = (".jpg", ".jpeg")
 _FLOAT_TYPES = {
     sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64,
@@ -71,21 +90,211 @@ def image_stem(path: str | os.PathLike) -> str:
 
 # --------------------------------------------------------------------------- atomic output
 
+_STAGE_PREFIX = ".bsafusion-"
+_STAGE_SUFFIX = ".tmp"
+_OWNER = ".owner"  # flocked by the run that owns a staging folder, for as long as it lives
+_BACKUP = ".previous"
+# OSError numbers that mean "the output cannot be written", not "a bug": turned into InputError
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Check, before any computation, that ``path`` can become an output folder; return it.
+
+    The nearest existing folder on the way to ``path`` must be a folder in which a file can be
+    created (probed with an anonymous temporary file, so nothing appears and nothing is
+    created when the check fails or the run fails later).
+
+    Raises
+    ------
+    InputError
+        ``path`` or one of its parents is a file, or the folder is not writable.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise InputError(f"{path}: output folder {where}, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=_STAGE_PREFIX):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: output folder is not writable ({exc.strerror or exc})") from None
+    return path
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Exclusive lock on ``folder`` (``flock`` on its descriptor; released if the process dies).
+
+    Publications and clean-ups of staging folders in one output folder take it, so two runs
+    never interleave their renames. Without ``fcntl`` (Windows) there is no lock.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_stale(stage: Path) -> bool:
+    """A staging folder whose owner died (its owner lock is free, or was never taken)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(stage / _OWNER, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_stages(folder: Path) -> None:
+    for entry in folder.glob(f"{_STAGE_PREFIX}*{_STAGE_SUFFIX}"):
+        if entry.is_dir() and _is_stale(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _open_stage(folder: Path) -> tuple[Path, int]:
+    """A new staging folder in ``folder`` and the descriptor holding its owner lock."""
+    with _locked(folder):  # a clean-up never sees a stage before its owner lock is taken
+        _remove_stale_stages(folder)
+        stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, suffix=_STAGE_SUFFIX, dir=folder))
+        fd = os.open(stage / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    return stage, fd
+
+
+def _sync(path: Path) -> None:
+    """Flush a staged file (or every file of a staged folder) to disk: late ENOSPC shows here."""
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _publish(stage: Path, folder: Path, last: str | None) -> None:
+    """Move every entry of ``stage`` into ``folder``, all or none (``last`` moved last).
+
+    An existing entry is kept in ``stage`` (hard link for files, so it never disappears;
+    rename for folders) until every new entry is in place; if any move fails, the new entries
+    are removed and the old ones put back.
+    """
+    entries = sorted((p for p in stage.iterdir() if p.name != _OWNER), key=lambda p: (p.name == last, p.name))
+    if not entries:
+        raise FileNotFoundError(f"{folder / (last or '')}: nothing was written")
+    for entry in entries:
+        _sync(entry)
+    backup = stage / _BACKUP
+    backup.mkdir()
+    done: list[tuple[Path, bool]] = []
+    with _locked(folder):
+        try:
+            for entry in entries:
+                target = folder / entry.name
+                kept = target.exists() or target.is_symlink()
+                if kept:
+                    _keep(target, backup / entry.name)
+                os.replace(entry, target)
+                done.append((target, kept))
+        except BaseException:
+            for target, kept in reversed(done):
+                _remove(target)
+                if kept:
+                    os.replace(backup / target.name, target)
+            raise
+    _fsync_folder(folder)
+
+
+def _keep(target: Path, copy: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        os.replace(target, copy)
+        return
+    try:
+        os.link(target, copy, follow_symlinks=False)
+    except OSError:  # file systems without hard links: the old file is briefly absent
+        os.replace(target, copy)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the renames are done regardless
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: str | os.PathLike, last: str | None = None) -> Iterator[Path]:
+    """Write a set of outputs all-or-nothing: yield a private staging folder, publish it on success.
+
+    The staging folder is a hidden ``.bsafusion-XXXX.tmp/`` inside ``out_dir`` (same file
+    system, so publishing is renames), owned by this run through a lock that dies with the
+    process. When the body returns, every file and folder it wrote there is flushed to disk
+    and moved into ``out_dir`` under a lock on ``out_dir``, all or none (``last`` moved last,
+    e.g. a ``.mhd`` after its ``.raw``); existing entries of the same names are replaced. If
+    the body raises, or the process is interrupted (SIGINT, or SIGTERM through the CLI),
+    nothing is published and the staging folder is removed. A folder left by a killed run
+    (SIGKILL, power loss) is removed by the next run that writes into ``out_dir``. Two runs
+    writing the same names into one folder each publish a complete set; the later one wins.
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` cannot be created, or a write fails for lack of space or permission.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stage, owner = _open_stage(out_dir)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+    try:
+        yield stage
+        _publish(stage, out_dir, last)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) or exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise InputError(f"{out_dir}: cannot write the outputs ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        os.close(owner)
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Write ``path`` all-or-nothing: yield a temporary path, move it into place on success.
+    """Write one output ``path`` all-or-nothing: :func:`staged_outputs` for a single entry.
 
-    The temporary path has the **same file name** as ``path`` (so writers that pick the format
-    from the extension, e.g. ``.nii.gz``, and formats with companion files, e.g. ``.mhd`` +
-    ``.raw``, work unchanged) and lies in a hidden temporary folder next to ``path`` (same file
-    system, so the final :func:`os.replace` is atomic). Parent folders are created.
-
-    On success every file the body wrote into that folder is moved next to ``path`` (companion
-    files first, ``path`` last) and the folder is removed. If the body raises, the folder and
-    everything in it are removed, the exception propagates, and any existing ``path`` is left
-    untouched. The body may also create a *folder* at the yielded path (e.g. a DICOM series); it
-    then replaces an existing folder at ``path`` (two renames: not atomic, never partial).
+    The yielded temporary path has the **same file name** as ``path`` (so writers that pick
+    the format from the extension, e.g. ``.nii.gz``, and formats with companion files, e.g.
+    ``.mhd`` + ``.raw``, work unchanged); companions are published with it, ``path`` last. The
+    body may also create a *folder* at the yielded path (e.g. a DICOM series). Parent folders
+    are created; an existing ``path`` is untouched if the body raises.
 
     Use it for every output (images, CSV, PNG panels, torch checkpoints)::
 
@@ -95,21 +304,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             torch.save(state, tmp)
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp = tmpdir / target.name
-    try:
-        yield tmp
-        if not tmp.exists():
+    with staged_outputs(target.parent, last=target.name) as stage:
+        yield stage / target.name
+        if not (stage / target.name).exists():
             raise FileNotFoundError(f"{target}: nothing was written")
-        for companion in sorted(tmpdir.iterdir()):
-            if companion.name != target.name:
-                os.replace(companion, target.parent / companion.name)
-        if tmp.is_dir() and target.is_dir():
-            os.replace(target, tmpdir / ".previous")  # removed with tmpdir below
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- reading
@@ -139,6 +337,60 @@ def _validate(image: sitk.Image, path: Path, allow_4d: bool) -> sitk.Image:
     return image
 
 
+# NIfTI-1 / NIfTI-2 header: (size, datatype offset, dim offset and type, vox_offset offset and type)
+_NIFTI_LAYOUTS = {348: (70, 40, "h", 108, "f"), 540: (12, 16, "q", 168, "q")}
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_nonfinite(path: Path) -> tuple[int, int]:
+    """NaN and infinite voxel counts of a float NIfTI file, read from its raw data.
+
+    SimpleITK's NIfTI reader turns NaN into 0, so a partly-NaN file would look valid and an
+    all-NaN one merely constant; the voxels are therefore counted in the file itself.
+    Non-float files and headers this does not understand give ``(0, 0)`` (the SimpleITK read
+    that follows reports real corruption).
+    """
+    opener = gzip.open if image_suffix(path) == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(540)
+            for order in "<>":
+                size = int(np.frombuffer(head[:4], f"{order}i4")[0]) if len(head) >= 4 else 0
+                if size in _NIFTI_LAYOUTS and len(head) >= size:
+                    break
+            else:
+                return 0, 0
+            type_at, dim_at, dim_type, offset_at, offset_type = _NIFTI_LAYOUTS[size]
+            datatype = int(np.frombuffer(head, f"{order}i2", 1, type_at)[0])
+            if datatype not in _NIFTI_FLOATS:
+                return 0, 0
+            dims = np.frombuffer(head, f"{order}{dim_type}", 8, dim_at).astype(np.int64)
+            count = int(np.prod(dims[1 : 1 + int(np.clip(dims[0], 1, 7))]))
+            handle.seek(int(np.frombuffer(head, f"{order}{offset_type}", 1, offset_at)[0]))
+            values = np.frombuffer(handle.read(count * int(_NIFTI_FLOATS[datatype][1])), order + _NIFTI_FLOATS[datatype])
+    except (OSError, EOFError, ValueError, OverflowError):
+        return 0, 0
+    n_nan = int(np.isnan(values).sum())
+    return n_nan, int(np.isinf(values).sum())
+
+
+def check_direction(image: sitk.Image, name: str) -> sitk.Image:
+    """Refuse a direction matrix that is not a rotation or reflection (orthonormal columns).
+
+    A sheared or scaled matrix (even of determinant 1) cannot be stored faithfully in NIfTI,
+    and outputs "in the fixed geometry" would silently be in another one.
+    """
+    n = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(n, n)
+    if not np.isfinite(direction).all():
+        raise InputError(f"{name}: direction matrix {direction.ravel().tolist()} is not finite")
+    deviation = float(np.abs(direction.T @ direction - np.eye(n)).max())
+    if deviation > _ORTHONORMAL_TOLERANCE:
+        raise InputError(f"{name}: direction matrix is not orthonormal (sheared or scaled; D^T D differs from "
+                         f"the identity by {deviation:.3g}); a rotation is required")
+    return image
+
+
 def _read_dicom_series(directory: Path, series_id: str | None) -> sitk.Image:
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" goes to stderr
@@ -147,6 +399,10 @@ def _read_dicom_series(directory: Path, series_id: str | None) -> sitk.Image:
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not ids:
+        images = sorted(p.name for p in directory.iterdir() if image_suffix(p) in IMAGE_SUFFIXES)
+        if images:
+            raise InputError(f"{directory}: folder holds no DICOM series but {len(images)} other image files "
+                             f"(e.g. {images[0]}); give a file, or pair two folders of slices")
         raise InputError(f"{directory}: folder holds no DICOM series")
     files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), sid) for sid in ids}
     if series_id is None:
@@ -196,14 +452,27 @@ def read_image(path: str | os.PathLike, series_id: str | None = None, allow_4d: 
         image = _read_dicom_series(path, series_id)
     elif not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    elif path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file")
     else:
+        _check_readable(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(f"{path}: unreadable or corrupt image file ({_reason(exc)})") from None
+        if image_suffix(path) in (".nii", ".nii.gz") and image.GetPixelID() in _FLOAT_TYPES:
+            n_nan, n_inf = _nifti_nonfinite(path)
+            if n_nan or n_inf:
+                raise InputError(f"{path}: {n_nan} NaN and {n_inf} infinite values")
     return _validate(image, path, allow_4d)
+
+
+def _check_readable(path: Path) -> None:
+    """An empty or unopenable file gets its own message (SimpleITK says "does not exist")."""
+    try:
+        with open(path, "rb") as handle:
+            if not handle.read(1):
+                raise InputError(f"{path}: empty file")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 
 
 def _to_unit_range(values: np.ndarray) -> np.ndarray:
@@ -223,33 +492,66 @@ def _to_unit_range(values: np.ndarray) -> np.ndarray:
     return ((out - lo) / (hi - lo)).astype(np.float32)
 
 
-def _slice_array(path: Path) -> np.ndarray:
-    """Pixels of a 2D image as ``(H, W, C)`` float32 in [0, 1]."""
+def read_slice_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a 2D image with its geometry (a 3D image with one slice counts as 2D).
+
+    Raises
+    ------
+    InputError
+        Everything :func:`read_image` raises, an image with more than one slice, a direction
+        matrix that is not orthonormal.
+    """
+    path = Path(path)
     image = read_image(path)
     size = image.GetSize()
     if image.GetDimension() == 3 and size[2] == 1:
         image = image[:, :, 0]
     if image.GetDimension() != 2:
         raise InputError(f"{path}: {image.GetDimension()}D image of size {size}; a 2D slice is required")
+    return check_direction(image, str(path))
+
+
+def _slice_values(image: sitk.Image, name: str | os.PathLike) -> np.ndarray:
+    """Pixels of a 2D image as ``(H, W, 3)`` float32 in [0, 1] (grey repeated, alpha dropped)."""
     values = sitk.GetArrayFromImage(image)
     if values.ndim == 2:
         values = values[..., None]
     if np.iscomplexobj(values):
-        raise InputError(f"{path}: complex pixels; a real-valued image is required")
-    return _to_unit_range(values)
-
-
-def _colour_channels(values: np.ndarray, path: Path) -> np.ndarray:
+        raise InputError(f"{name}: complex pixels; a real-valued image is required")
     channels = values.shape[-1]
     if channels in (1, 2):  # grey, grey + alpha
-        return np.repeat(values[..., :1], 3, axis=-1)
-    if channels in (3, 4):  # RGB, RGBA
-        return values[..., :3]
-    raise InputError(f"{path}: {channels}-component pixels; grey or RGB is required")
+        values = values[..., :1]
+    elif channels in (3, 4):  # RGB, RGBA
+        values = values[..., :3]
+    else:
+        raise InputError(f"{name}: {channels}-component pixels; grey or RGB is required")
+    rgb = _to_unit_range(values)
+    return np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
 
 
 def _is_grey(rgb: np.ndarray) -> bool:
     return bool(np.ptp(rgb, axis=-1).max() <= 1e-6)
+
+
+def slice_pixels(image: sitk.Image, name: str | os.PathLike, grey: bool = True, to_luma: bool = False) -> np.ndarray:
+    """Pixels of a 2D image (from :func:`read_slice_image`) as :func:`read_slice` returns them."""
+    rgb = _slice_values(image, name)
+    if not grey:
+        return np.ascontiguousarray(rgb)
+    if _is_grey(rgb):
+        return np.ascontiguousarray(rgb[..., 0])
+    if not to_luma:
+        raise InputError(f"{name}: RGB where grey is required (the colour channels differ)")
+    return split_luma(rgb)[0].astype(np.float32)
+
+
+def luma_pixels(image: sitk.Image, name: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Luma and chroma of a 2D image (from :func:`read_slice_image`) as :func:`read_luma` returns them."""
+    rgb = _slice_values(image, name)
+    if _is_grey(rgb):
+        return np.ascontiguousarray(rgb[..., 0]), None
+    y, cbcr = split_luma(rgb)
+    return y.astype(np.float32), cbcr.astype(np.float32)
 
 
 def read_slice(path: str | os.PathLike, grey: bool = True, to_luma: bool = False) -> np.ndarray:
@@ -268,17 +570,9 @@ def read_slice(path: str | os.PathLike, grey: bool = True, to_luma: bool = False
     Raises
     ------
     InputError
-        Everything :func:`read_image` raises, a 3D volume, RGB where grey is required.
+        Everything :func:`read_slice_image` raises, complex pixels, RGB where grey is required.
     """
-    path = Path(path)
-    rgb = _colour_channels(_slice_array(path), path)
-    if not grey:
-        return np.ascontiguousarray(rgb)
-    if _is_grey(rgb):
-        return np.ascontiguousarray(rgb[..., 0])
-    if not to_luma:
-        raise InputError(f"{path}: RGB where grey is required (the colour channels differ)")
-    return split_luma(rgb)[0].astype(np.float32)
+    return slice_pixels(read_slice_image(path), path, grey, to_luma)
 
 
 def read_luma(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
@@ -287,12 +581,7 @@ def read_luma(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     Grey images (including RGB with equal channels) are their own luma; colour images give the
     Y and CbCr of :func:`bsafusion.colour.split_luma`. Values are float32 in [0, 1].
     """
-    path = Path(path)
-    rgb = _colour_channels(_slice_array(path), path)
-    if _is_grey(rgb):
-        return np.ascontiguousarray(rgb[..., 0]), None
-    y, cbcr = split_luma(rgb)
-    return y.astype(np.float32), cbcr.astype(np.float32)
+    return luma_pixels(read_slice_image(path), path)
 
 
 # --------------------------------------------------------------------------- writing
@@ -380,8 +669,51 @@ def write_image(
     try:
         with atomic_output(path) as tmp:
             sitk.WriteImage(out, str(tmp), suffix not in _LOSSY_SUFFIXES)
+            _check_written(out, tmp, path)
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot write image ({_reason(exc)})") from None
+    return path
+
+
+def _check_written(image: sitk.Image, written: Path, path: Path) -> None:
+    """Read the written file back before it is published: a full disk can make writers (ITK's
+    gzip stream) stop half-way without an error, leaving a file that reads as valid zeros."""
+    try:
+        back = sitk.ReadImage(str(written))
+    except RuntimeError:
+        raise InputError(f"{path}: cannot write image (the written file does not read back; disk full?)") from None
+    same = back.GetSize() == image.GetSize()
+    if same and image_suffix(path) not in _LOSSY_SUFFIXES:
+        expected, found = sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(back)
+        if found.ndim == expected.ndim + 1 and found.shape[:-1] == expected.shape:  # BMP: grey as 3 channels
+            expected = np.broadcast_to(expected[..., None], found.shape)
+        same = expected.shape == found.shape and np.array_equal(expected, found, equal_nan=expected.dtype.kind in "fc")
+    if not same:
+        raise InputError(f"{path}: cannot write image (the written file differs from the image; disk full?)")
+
+
+def write_transform(transform: sitk.Transform, path: str | os.PathLike,
+                    probe: Sequence[Sequence[float]] = ()) -> Path:
+    """Write an ITK transform atomically (``.h5``, ``.tfm``...) and check it reads back.
+
+    ``probe``: points whose mapping the written file must reproduce (e.g. corners and centre
+    of the fixed grid); a file cut short by a full disk maps them elsewhere or does not load.
+
+    Raises
+    ------
+    InputError
+        A write error (permission, disk full) or a file that does not read back the same.
+    """
+    path = Path(path)
+    try:
+        with atomic_output(path) as tmp:
+            sitk.WriteTransform(transform, str(tmp))
+            back = sitk.ReadTransform(str(tmp))
+            for point in probe:
+                if not np.allclose(back.TransformPoint(point), transform.TransformPoint(point), atol=1e-6):
+                    raise InputError(f"{path}: cannot write transform (the written file maps points differently; disk full?)")
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot write transform ({_reason(exc)})") from None
     return path
 
 

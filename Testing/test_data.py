@@ -247,7 +247,9 @@ def test_unaligned_cases_with_and_without_optional_folders(tmp_path):
 def test_harvard_dataset_lengths(harvard_dir):
     train = {m: len(AlignedPairDataset(harvard_dir / "train_aligned", m)) for m in MODALITIES}
     test = {m: len(UnalignedCaseDataset(harvard_dir / "test_unaligned", m)) for m in MODALITIES}
-    assert train == {"CT": 20, "PET": 42, "SPECT": 67}
+    val = {m: len(AlignedPairDataset(harvard_dir / "val_aligned", m)) for m in MODALITIES}
+    assert train == {"CT": 144, "PET": 192, "SPECT": 260}
+    assert val == {"CT": 20, "PET": 20, "SPECT": 20}
     assert test == {"CT": 10, "PET": 28, "SPECT": 39}
 
 

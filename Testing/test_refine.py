@@ -106,7 +106,7 @@ def test_network_fuses_with_the_refined_field(tiny_weights):
     given = torch.from_numpy(random_elastic_field((size, size), np.random.default_rng(0), 3.0))[None]
     with torch.no_grad():
         plain = model(fixed, moving)
-        refined = model(fixed, moving, refine=lambda a, b, f: given)
+        refined = model(fixed, moving, refine=lambda a, b, f, translation: given)
     assert torch.equal(refined.field_ba, given)
     assert torch.allclose(refined.warped_moving, warp(moving, given))
     # field_ab is the inverse of the refined field: composing them is ~ the identity
@@ -146,3 +146,14 @@ def test_cli_fuse_passes_refine_steps_to_the_fuser(monkeypatch, tmp_path):
         with pytest.raises(Stop):
             main(["fuse", "--fixed", str(fixed), "--moving", str(moving), "--modality", "CT", "--out", str(tmp_path / "o"), *extra])
         assert seen["refine"] == expected
+
+
+def test_refinement_against_a_translation_is_mono_modal(deformed_ct):
+    fixed, moving, truth_image, truth_field, mask = deformed_ct
+    zero = torch.zeros_like(truth_field)
+    # the translation stands in for the fixed image: with a perfect one, the MRI is not looked at
+    refined = refine_field(fixed, moving, zero, FAST, translation=truth_image)
+    assert _epe(refined, truth_field, mask) < 0.5 * _epe(zero, truth_field, mask)
+    ignored = refine_field(torch.rand_like(fixed), moving, zero, FAST, translation=truth_image)
+    assert torch.allclose(refined, ignored)
+    assert not torch.allclose(refined, refine_field(fixed, moving, zero, FAST), atol=1e-3)

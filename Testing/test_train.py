@@ -1,5 +1,6 @@
 """Training: config handling, determinism, bit-for-bit resume, learning on synthetic pairs."""
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,42 @@ def test_freeze_keeps_the_named_blocks_fixed(phantom_root, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("mmff"))
     with pytest.raises(InputError, match="nothing to train"):
         Trainer(_config(phantom_root, tmp_path / "all", freeze=[""]), progress=False)
+
+
+def test_warm_up_then_cosine():
+    from bsafusion.train import _lr_factor
+
+    assert _lr_factor(0, 100, 0.05, warmup=10) == pytest.approx(0.1)
+    assert _lr_factor(9, 100, 0.05, warmup=10) == pytest.approx(1.0)
+    assert _lr_factor(10, 100, 0.05, warmup=10) < 1.0
+    assert _lr_factor(100, 100, 0.05, warmup=10) == pytest.approx(0.05)
+    assert _lr_factor(0, 100, 0.05) == pytest.approx(1.0)
+
+
+def test_validation_is_fixed_and_scores_the_drawn_field(phantom_root):
+    from bsafusion.train import validate
+
+    torch.manual_seed(0)
+    model = BSFAF(RunConfig.from_dict({"model": TINY_MODEL}).model)
+    first = validate(model, phantom_root, ["CT"], torch.device("cpu"), max_cases=3)
+    assert first == validate(model, phantom_root, ["CT"], torch.device("cpu"), max_cases=3)
+    # an untrained model keeps the identity: its endpoint error is that of no registration
+    assert first["CT_epe_unregistered"] > 1.0
+    assert first["CT_epe"] == pytest.approx(first["CT_epe_unregistered"], abs=0.02)
+    assert first["CT_ncc"] == pytest.approx(first["CT_ncc_unregistered"], abs=0.01)
+    other_seed = validate(model, phantom_root, ["CT"], torch.device("cpu"), max_cases=3, seed=5)
+    assert other_seed["CT_epe_unregistered"] != first["CT_epe_unregistered"]
+
+
+def test_cpu_time_and_validation_are_logged_and_survive_resume(phantom_root, tmp_path):
+    cfg = _config(phantom_root, tmp_path / "cpu", val_root=str(phantom_root), val_max_cases=2)
+    Trainer(cfg, progress=False).fit(max_steps=2)
+    resumed = Trainer(cfg, resume=True, progress=False)
+    assert resumed.cpu_seconds > 0
+    resumed.fit()
+    with (tmp_path / "cpu" / "val_log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    minutes = [float(r["cpu_minutes"]) for r in rows]
+    assert minutes == sorted(minutes) and minutes[0] > 0
+    assert checkpoint.read(tmp_path / "cpu" / "best.pt")["metadata"]["cpu_minutes"] > 0

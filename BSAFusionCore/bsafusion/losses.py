@@ -24,8 +24,14 @@ Terms (the ``name`` is the key in the loss dictionary and the CSV log):
     self-similarity) between the warped moving image and the fixed one; off by default, for
     fine-tuning on real unaligned pairs without any aligned truth.
 ``supervised_field``
-    Endpoint error against the ground-truth field. **Off by default**: the mission keeps the
-    synthetic field for evaluation; switch it on knowingly.
+    Endpoint error against the field of the synthetic misalignment (training pairs only: the
+    field is the one the data loader drew, never a test truth). Off by default; the shipped
+    models use it as the registration curriculum: with only image similarity the registration
+    layers stayed at the identity for the whole CPU budget, and the endpoint error gives every
+    layer a direct, well-scaled gradient from the first step.
+``translation``
+    ``L1(B_hat, moving_aligned)``: the modality translation of MDF-FR (A decoded into B's
+    contrast, :mod:`bsafusion.model.translation`) against the aligned truth of B.
 ``ssim`` / ``intensity`` / ``gradient``
     Fusion: ``1 - mean(SSIM(F, A), SSIM(F, B'))``; ``L1(F, max(A, B'))``;
     ``L1(|Sobel F|, max(|Sobel A|, |Sobel B'|))``. ``B'`` is the aligned truth of the moving
@@ -47,6 +53,7 @@ from bsafusion.deform import compose
 from bsafusion.model.config import MODALITY_CLASSES
 from bsafusion.model.descriptors import gaussian_window, mind_descriptor
 from bsafusion.model.network import BSFAFOutput
+from bsafusion.similarity import multiscale_lncc
 
 #: Loss-side overrides of the paper's ablations (architecture side: ``model.config.ABLATIONS``).
 ABLATION_LOSS_OVERRIDES: dict[str, dict[str, float]] = {"setting_a": {"ce2": 0.0}}
@@ -65,6 +72,7 @@ class LossWeights:
     registration: float = 1.0
     mind: float = 0.0
     supervised_field: float = 0.0
+    translation: float = 0.0
     ssim: float = 1.0
     intensity: float = 1.0
     gradient: float = 2.0
@@ -97,35 +105,6 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     sxy = blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
     return s.flatten(1).mean(dim=1)
-
-
-def local_ncc(x: torch.Tensor, y: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
-    """Mean local normalised cross-correlation (squared, as in VoxelMorph) in ``window`` boxes."""
-    kernel = torch.ones(1, 1, window, window, device=x.device, dtype=x.dtype) / window**2
-    pad = window // 2
-
-    def mean(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, padding=pad)
-
-    mx, my = mean(x), mean(y)
-    cov = mean(x * y) - mx * my
-    vx = (mean(x * x) - mx**2).clamp(min=0)
-    vy = (mean(y * y) - my**2).clamp(min=0)
-    return (cov**2 / (vx * vy + eps)).flatten(1).mean(dim=1)
-
-
-def multiscale_ncc_loss(x: torch.Tensor, y: torch.Tensor, scales: tuple[int, ...] = (1, 2, 4)) -> torch.Tensor:
-    """``1 - LNCC`` averaged over images average-pooled by ``scales``.
-
-    A 9x9 LNCC only "sees" displacements of a few pixels; misalignments of ~10 px are outside
-    its capture range and give it no gradient. Pooling by 2 and 4 widens the windows to 18 and
-    36 pixels, so large displacements get a signal and the full-resolution term refines them.
-    """
-    losses = []
-    for s in scales:
-        xs, ys = (F.avg_pool2d(x, s), F.avg_pool2d(y, s)) if s > 1 else (x, y)
-        losses.append(1 - local_ncc(xs, ys).mean())
-    return torch.stack(losses).mean()
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -183,9 +162,11 @@ def compute_losses(out: BSFAFOutput, batch: dict[str, torch.Tensor], weights: Lo
         terms["consistency"] = round_trip + middle
     has_truth = "moving_aligned" in batch
     if weights.registration and has_truth:
-        terms["registration"] = multiscale_ncc_loss(out.warped_moving, batch["moving_aligned"])
+        terms["registration"] = 1 - multiscale_lncc(out.warped_moving, batch["moving_aligned"]).mean()
     if weights.mind:
         terms["mind"] = (mind_descriptor(out.warped_moving) - mind_descriptor(fixed)).abs().mean()
+    if weights.translation and has_truth and out.translation is not None:
+        terms["translation"] = (out.translation - batch["moving_aligned"]).abs().mean()
     if weights.supervised_field and "field" in batch:
         terms["supervised_field"] = torch.sqrt(((out.field_ba - batch["field"]) ** 2).sum(dim=1) + 1e-8).mean()
 

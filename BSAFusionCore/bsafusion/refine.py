@@ -1,4 +1,4 @@
-"""Instance refinement: per-pair optimisation of the network's field on a MIND similarity.
+"""Instance refinement: per-pair optimisation of the network's field.
 
 Learning-based registration is often followed by a short optimisation of the predicted field
 on the pair at hand ("instance optimisation", the usual last step of Learn2Reg entries). Here it
@@ -11,9 +11,12 @@ What is optimised
     the Harvard test deformations are smooth (correlation length ~16 px at 256x256, about
     3-4 px mean displacement, measured by fitting each moving image to its aligned truth).
 Similarity
-    Sum of squared differences of MIND descriptors (:func:`~bsafusion.model.descriptors.mind_descriptor`)
-    of the fixed and the warped moving image, computed at ``size x size``: MIND compares local
-    structure, not intensities, so it works across contrasts where the structure is shared.
+    With a network that translates the fixed image into the moving modality (``B_hat``,
+    :mod:`bsafusion.model.translation`): multi-scale LNCC between ``B_hat`` and the warped
+    moving image, a mono-modal comparison. Without one: sum of squared differences of MIND
+    descriptors (:func:`~bsafusion.model.descriptors.mind_descriptor`) of the fixed and the
+    warped moving image, which compares local structure, not intensities. Both at
+    ``size x size``.
 Regulariser
     Squared differences of neighbouring control points (diffusion), weight ``smoothness``.
 
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from bsafusion.deform import resize_field, warp
 from bsafusion.errors import InputError
 from bsafusion.model.descriptors import mind_descriptor
+from bsafusion.similarity import multiscale_lncc
 
 __all__ = ["RefineSettings", "DEFAULT_STEPS", "default_settings", "refine_field"]
 
@@ -81,14 +85,20 @@ def _downsample(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def refine_field(
-    fixed: torch.Tensor, moving: torch.Tensor, field: torch.Tensor, settings: RefineSettings = RefineSettings()
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    field: torch.Tensor,
+    settings: RefineSettings = RefineSettings(),
+    translation: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Refine ``field`` (``(N, 2, H, W)``, aligns ``moving`` to ``fixed``) on each pair.
 
-    ``fixed`` and ``moving`` are ``(N, 1, H, W)`` in [0, 1]. Returns a field of the same shape
-    and convention (:mod:`bsafusion.deform`); the input field is not modified. Pairs are
-    optimised jointly but independently (their losses add, their parameters do not interact).
-    Runs with gradients enabled even when called under ``torch.no_grad()``.
+    ``fixed`` and ``moving`` are ``(N, 1, H, W)`` in [0, 1]; ``translation`` (optional, same
+    shape) is the fixed image in the moving modality, which switches the similarity from MIND
+    to LNCC against it. Returns a field of the same shape and convention
+    (:mod:`bsafusion.deform`); the input field is not modified. Pairs are optimised jointly but
+    independently (their losses add, their parameters do not interact). Runs with gradients
+    enabled even when called under ``torch.no_grad()``.
     """
     if settings.steps == 0:
         return field
@@ -97,20 +107,27 @@ def refine_field(
     shape = tuple(field.shape[2:])
     small = (settings.size, settings.size)
     with torch.enable_grad():
-        fixed_s = _downsample(fixed.detach(), settings.size)
         moving_s = _downsample(moving.detach(), settings.size)
         start = resize_field(field.detach(), small)
-        target = mind_descriptor(fixed_s)
+        if translation is not None:
+            reference = _downsample(translation.detach(), settings.size)
+
+            def dissimilarity(moved: torch.Tensor) -> torch.Tensor:
+                return (1 - multiscale_lncc(moved, reference)).sum()
+        else:
+            target = mind_descriptor(_downsample(fixed.detach(), settings.size))
+
+            def dissimilarity(moved: torch.Tensor) -> torch.Tensor:
+                return (mind_descriptor(moved) - target).pow(2).mean(dim=(1, 2, 3)).sum()
         ctrl = torch.zeros(field.shape[0], 2, settings.grid, settings.grid, device=field.device, requires_grad=True)
         optimiser = torch.optim.Adam([ctrl], lr=settings.lr)
         for _ in range(settings.steps):
             total = start + resize_field(ctrl, small)
             moved = warp(moving_s, total, padding="border")
-            similarity = (mind_descriptor(moved) - target).pow(2).mean(dim=(1, 2, 3)).sum()
             diffusion = (ctrl[:, :, 1:] - ctrl[:, :, :-1]).pow(2).mean(dim=(1, 2, 3)) + (
                 ctrl[..., 1:] - ctrl[..., :-1]
             ).pow(2).mean(dim=(1, 2, 3))
-            loss = similarity + settings.smoothness * diffusion.sum()
+            loss = dissimilarity(moved) + settings.smoothness * diffusion.sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

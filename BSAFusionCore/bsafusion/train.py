@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from bsafusion import checkpoint
 from bsafusion.configutil import check_known_keys
-from bsafusion.data import AlignedPairDataset, UnalignedCaseDataset
+from bsafusion.data import HARVARD_TEST_PROFILE, AlignedPairDataset
+from bsafusion.deform import warp
 from bsafusion.device import resolve_device
 from bsafusion.errors import InputError
 from bsafusion.losses import ABLATION_LOSS_OVERRIDES, LossWeights, compute_losses
@@ -53,14 +54,18 @@ class TrainConfig:
 
     ``modalities`` lists the moving modalities to train on together (one model per modality
     is the paper's setting; several give a shared model to fine-tune from). ``epochs`` x
-    ``samples_per_epoch`` pairs are drawn (with fresh misalignment each epoch); validation on
-    ``val_root`` (real unaligned cases) runs after every epoch.
+    ``samples_per_epoch`` pairs are drawn (with fresh misalignment each epoch). Validation runs
+    after every epoch on the aligned pairs of ``val_root``, misaligned once and for all by
+    ``val_misalignment`` with ``val_seed`` (the same pairs, the same fields at every epoch):
+    checkpoints are chosen there, never on the test cases.
     """
 
     data_root: str = "../shared/data/harvard/train_aligned"
     modalities: tuple[str, ...] = ("CT",)
-    val_root: str | None = "../shared/data/harvard/test_unaligned"
+    val_root: str | None = "../shared/data/harvard/val_aligned"
     val_max_cases: int | None = None
+    val_seed: int = 2025
+    val_misalignment: dict[str, float] = field(default_factory=lambda: dict(HARVARD_TEST_PROFILE))
     out_dir: str = "runs/ct"
     ablation: str = "full"
     crop_size: int = 128
@@ -69,6 +74,7 @@ class TrainConfig:
     epochs: int = 20
     lr: float = 3e-4
     min_lr_ratio: float = 0.05
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
@@ -153,8 +159,15 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return RunConfig.from_dict(data)
 
 
-def _lr_factor(step: int, total: int, min_ratio: float) -> float:
-    """Cosine decay from 1 to ``min_ratio`` over ``total`` steps (the paper's schedule)."""
+def _lr_factor(step: int, total: int, min_ratio: float, warmup: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from 1 to ``min_ratio`` at ``total``.
+
+    The cosine is the paper's schedule; the warm-up lets small batches use a larger peak rate
+    without the first Adam steps (whose second-moment estimates are still noise) throwing the
+    Transformer layers off.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
@@ -222,10 +235,11 @@ class Trainer:
             raise InputError(f"train.freeze={list(t.freeze)} leaves nothing to train")
         self.optimizer = torch.optim.Adam(trainable, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: _lr_factor(s, t.total_steps, t.min_lr_ratio)
+            self.optimizer, lambda s: _lr_factor(s, t.total_steps, t.min_lr_ratio, t.warmup_steps)
         )
         self.step = 0
         self.best_score = -math.inf
+        self.cpu_seconds = 0.0  # process CPU time (all threads) spent in training and validation
         if resume:
             self._resume()
 
@@ -244,6 +258,7 @@ class Trainer:
         self.scheduler.load_state_dict(payload["scheduler"])
         self.step = int(payload["step"])
         self.best_score = float(payload.get("best_score", -math.inf))
+        self.cpu_seconds = float(payload.get("cpu_seconds", 0.0))
         self._truncate_log(self.out_dir / "train_log.csv", self.step)
         self._truncate_log(self.out_dir / "val_log.csv", self.step)
 
@@ -268,6 +283,7 @@ class Trainer:
             scheduler=self.scheduler.state_dict(),
             step=self.step,
             best_score=self.best_score,
+            cpu_seconds=self.cpu_seconds,
             run_config=self.config.to_dict(),
         )
 
@@ -321,13 +337,14 @@ class Trainer:
         bar = tqdm(total=t.total_steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         running: dict[str, float] = {}
         while self.step < end:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             terms = self.train_step(self.batch_for_step(self.step))
+            self.cpu_seconds += time.process_time() - cpu_started
             running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in terms.items()}
             self._log(
                 "train_log.csv",
                 {"step": self.step, "epoch": (self.step - 1) // t.steps_per_epoch, "lr": self.scheduler.get_last_lr()[0],
-                 **terms, "seconds": time.perf_counter() - started},
+                 **terms, "seconds": time.perf_counter() - started, "cpu_minutes": self.cpu_seconds / 60},
             )
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in running.items() if k in ("total", "registration", "ssim")})
@@ -340,14 +357,19 @@ class Trainer:
         return self.out_dir / "best.pt"
 
     def _validate_and_keep_best(self) -> None:
-        scores = validate(self.model, self.config.train.val_root, self.config.train.modalities, self.device,
-                          self.config.train.val_max_cases)
+        t = self.config.train
+        cpu_started = time.process_time()
+        scores = validate(self.model, t.val_root, t.modalities, self.device, t.val_max_cases,
+                          seed=t.val_seed, misalignment=t.val_misalignment)
+        self.cpu_seconds += time.process_time() - cpu_started
         score = float(np.mean([v for k, v in scores.items() if k.endswith("score")]))
-        self._log("val_log.csv", {"step": self.step, **scores})
+        self._log("val_log.csv", {"step": self.step, "samples": self.step * t.batch_size,
+                                  "cpu_minutes": self.cpu_seconds / 60, **scores})
         if score > self.best_score:
             self.best_score = score
-            checkpoint.save(self.out_dir / "best.pt", self.model, "+".join(self.config.train.modalities),
-                            metadata={"step": self.step, "validation": scores, "run_config": self.config.to_dict()})
+            checkpoint.save(self.out_dir / "best.pt", self.model, "+".join(t.modalities),
+                            metadata={"step": self.step, "cpu_minutes": self.cpu_seconds / 60,
+                                      "validation": scores, "run_config": self.config.to_dict()})
 
 
 @torch.no_grad()
@@ -357,35 +379,42 @@ def validate(
     modalities: Iterable[str],
     device: torch.device,
     max_cases: int | None = None,
+    seed: int = 2025,
+    misalignment: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Mean registration and fusion quality on real unaligned cases with aligned truth.
+    """Mean registration and fusion quality on aligned pairs misaligned with a fixed seed.
 
-    Per modality: NCC and SSIM of the aligned moving image against ``*_label`` (and of the
-    unaligned one, for reference), Q_AB/F of the fused image, and ``score`` = NCC + Q_AB/F,
-    the quantity the best checkpoint is chosen by.
+    ``misalignment`` defaults to :data:`~bsafusion.data.HARVARD_TEST_PROFILE`. Per modality:
+    NCC of the aligned moving image (warped as inference warps it, border padding) against the
+    truth and of the unaligned one, mean endpoint error of the field against the drawn one (and
+    of the identity), the share of pairs the field brings closer to the truth, Q_AB/F of the
+    fused image, and ``score`` = NCC + Q_AB/F, the quantity the best checkpoint is chosen by.
     """
     from bsafusion.metrics import q_abf
-    from bsafusion.metrics.registration import ncc, ssim
+    from bsafusion.metrics.registration import ncc
 
     model.eval()
+    profile = dict(HARVARD_TEST_PROFILE if misalignment is None else misalignment)
     out: dict[str, float] = {}
     for mod in modalities:
-        cases = UnalignedCaseDataset(root, mod)
-        n = len(cases) if max_cases is None else min(len(cases), max_cases)
+        pairs = AlignedPairDataset(root, mod, augment=False, seed=seed, misalignment=profile)
+        n = len(pairs) if max_cases is None else min(len(pairs), max_cases)
         rows = []
         for i in range(n):
-            case = cases[i]
-            fixed, moving = case["fixed"][None].to(device), case["moving"][None].to(device)
+            item = pairs[i]
+            fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
             pred = model(fixed, moving)
-            warped = pred.warped_moving[0, 0].cpu().numpy()
-            fused = pred.fused[0, 0].cpu().numpy()
-            label = case["moving_label"][0].numpy()
-            f = case["fixed"][0].numpy()
-            rows.append((ncc(warped, label), ssim(warped, label, data_range=1.0),
-                         ncc(case["moving"][0].numpy(), label), q_abf(fused, f, warped)))
+            aligned = warp(moving, pred.field_ba, padding="border")[0, 0].cpu().numpy()
+            truth, unaligned = item["moving_aligned"][0].numpy(), item["moving"][0].numpy()
+            true_field = item["field"].numpy()
+            epe = np.sqrt(((pred.field_ba[0].cpu().numpy() - true_field) ** 2).sum(axis=0)).mean()
+            registered, unregistered = ncc(aligned, truth), ncc(unaligned, truth)
+            rows.append((registered, unregistered, epe, np.sqrt((true_field**2).sum(axis=0)).mean(),
+                         float(registered > unregistered), q_abf(pred.fused[0, 0].cpu().numpy(), item["fixed"][0].numpy(), aligned)))
         m = np.mean(rows, axis=0)
-        out.update({f"{mod}_ncc": m[0], f"{mod}_ssim": m[1], f"{mod}_ncc_unregistered": m[2], f"{mod}_qabf": m[3],
-                    f"{mod}_score": m[0] + m[3]})
+        out.update({f"{mod}_ncc": m[0], f"{mod}_ncc_unregistered": m[1], f"{mod}_epe": m[2],
+                    f"{mod}_epe_unregistered": m[3], f"{mod}_better": m[4], f"{mod}_qabf": m[5],
+                    f"{mod}_score": m[0] + m[5]})
     return {k: float(v) for k, v in out.items()}
 
 

@@ -144,3 +144,28 @@ def test_runs_at_other_sizes_than_trained():
     with torch.no_grad():
         out = model(*_pair(1, 96))
     assert out.fused.shape == (1, 1, 96, 96) and np.isfinite(out.field_ba.numpy()).all()
+
+
+def test_translator_feeds_the_registration_and_learns_only_from_its_own_loss():
+    from bsafusion.losses import LossWeights, compute_losses
+
+    cfg = ModelConfig(**{**TINY.to_dict(), "pyramid_channels": TINY.pyramid_channels, "translation": True})
+    model = BSFAF(cfg)
+    assert BSFAF(TINY).translator is None and BSFAF(TINY)(*_pair(n=1)).translation is None
+    _activate_registration(model)
+    seen = {}
+    model.bsfa.register_forward_hook(lambda module, args, output: seen.update(image_a=args[2]))
+    a, b = _pair()
+    out = model(a, b)
+    assert out.translation.shape == a.shape
+    # the MIND evidence of A's side is B_hat, not A
+    assert torch.equal(seen["image_a"], out.translation) and not torch.equal(seen["image_a"], a)
+    batch = {"fixed": a, "moving": b, "moving_aligned": a.flip(-1), "modality_index": torch.tensor([0, 1])}
+    registration_only = LossWeights(**{k: 0.0 for k in ("ce1", "ce2", "smooth", "consistency", "ssim", "intensity", "gradient")})
+    compute_losses(out, batch, registration_only)["total"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.translator.parameters())
+    model.zero_grad()
+    terms = compute_losses(model(a, b), batch, LossWeights(translation=1.0))
+    assert "translation" in terms
+    terms["total"].backward()
+    assert any(p.grad is not None and p.grad.any() for p in model.translator.parameters())

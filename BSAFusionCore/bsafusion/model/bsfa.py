@@ -135,6 +135,11 @@ class BSFA(nn.Module):
     def forward(
         self, pyr_a: list[torch.Tensor], pyr_b: list[torch.Tensor], image_a: torch.Tensor, image_b: torch.Tensor
     ) -> AlignmentResult:
+        """Stepwise fields; ``image_a`` / ``image_b`` give the MIND evidence of each side.
+
+        ``image_a`` is A itself, or ``B_hat`` (A translated into B's modality) when the network
+        has a translator: it is on A's grid either way, and the half-warps treat it as A.
+        """
         n_levels = len(pyr_a)
         levels = range(n_levels) if self.cfg.bsfa else [n_levels - 1]
         ref = pyr_a[levels[0]]

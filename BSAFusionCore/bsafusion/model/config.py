@@ -46,6 +46,9 @@ class ModelConfig:
         registration layers; 0 gives the paper's plain feature concatenation.
     mind_guidance: also give the registration layers the MIND descriptors of both half-warped
         images and their cost volume (modality-independent matching evidence).
+    translation: decode ``B_hat`` (A in B's modality, :mod:`bsafusion.model.translation`) from
+        A's alignment features; with ``mind_guidance`` the A side of the MIND evidence is then
+        ``B_hat`` instead of A, so the registration layers compare like with like.
     exchange: inject each image's MFRH into the other's tokens (MDF-FR exchange).
     bsfa: stepwise bidirectional alignment; ``False`` predicts one field in one step.
     frl, rrl: forward (A -> middle) and reverse (B -> middle) registration layers.
@@ -63,6 +66,7 @@ class ModelConfig:
     integration_steps: int = 5
     correlation_radius: int = 3
     mind_guidance: bool = True
+    translation: bool = False
     exchange: bool = True
     bsfa: bool = True
     frl: bool = True

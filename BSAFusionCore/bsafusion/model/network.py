@@ -18,6 +18,11 @@ from bsafusion.model.config import MODALITY_CLASSES, ModelConfig
 from bsafusion.model.encoder import Encoder
 from bsafusion.model.mdffr import MDFFR, ModalityFeatureHead
 from bsafusion.model.mmff import MMFF
+from bsafusion.model.translation import ModalityTranslator
+
+#: ``refine(fixed, moving, field_ba, translation=B_hat)``: a per-pair replacement of the
+#: predicted field (inference only); ``B_hat`` is ``None`` for a network without a translator.
+Refiner = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -28,6 +33,7 @@ class BSFAFOutput:
     field_ba: torch.Tensor  # (N, 2, H, W) aligns B (moving) to A (fixed)
     field_ab: torch.Tensor  # (N, 2, H, W) aligns A to B
     warped_moving: torch.Tensor  # warp(B, field_ba)
+    translation: torch.Tensor | None  # (N, 1, H, W) A in B's modality (cfg.translation), else None
     alignment: AlignmentResult  # per-step velocities and middle features (pyramid resolution)
     mfrh_logits: tuple[torch.Tensor, torch.Tensor]  # L_ce1 logits of A and B
     discriminator_logits: tuple[torch.Tensor, torch.Tensor]  # discriminator on detached features
@@ -46,14 +52,17 @@ class BSFAF(nn.Module):
         self.pyramid = FeaturePyramid(self.cfg)
         self.bsfa = BSFA(self.cfg)
         self.mmff = MMFF(self.cfg)
+        self.translator = (
+            ModalityTranslator(self.cfg.pyramid_channels[-1], self.cfg.channels) if self.cfg.translation else None
+        )
 
     def forward(
         self,
         fixed: torch.Tensor,
         moving: torch.Tensor,
-        refine: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        refine: Refiner | None = None,
     ) -> BSFAFOutput:
-        """Register and fuse; ``refine(fixed, moving, field_ba)`` may replace the predicted field.
+        """Register and fuse; ``refine(fixed, moving, field_ba, translation=...)`` may replace the field.
 
         With ``refine`` (inference only, e.g. :func:`bsafusion.refine.refine_field`), MMFF fuses
         with the refined field, ``field_ab`` becomes its numerical inverse, and ``alignment``
@@ -72,13 +81,20 @@ class BSFAF(nn.Module):
         h, w = enc.grid
         token_map = torch.cat([align_a, align_b], dim=0).transpose(1, 2).reshape(2 * n, -1, h, w)
         pyramid = self.pyramid(token_map, enc.deep)
-        alignment = self.bsfa([lvl[:n] for lvl in pyramid], [lvl[n:] for lvl in pyramid], fixed, moving)
+        translation = None
+        guide_a = fixed
+        if self.translator is not None:
+            translation = self.translator(pyramid[-1][:n], enc.deep[:n])
+            # detached: the translation learns from its own loss, not by bending towards
+            # whatever makes the registration loss smaller
+            guide_a = translation.detach()
+        alignment = self.bsfa([lvl[:n] for lvl in pyramid], [lvl[n:] for lvl in pyramid], guide_a, moving)
 
         size = fixed.shape[2:]
         field_ba = resize_field(alignment.field_ba, size)
         field_ab = resize_field(alignment.field_ab, size)
         if refine is not None:
-            field_ba = refine(fixed, moving, field_ba)
+            field_ba = refine(fixed, moving, field_ba, translation=translation)
             field_ab = invert(field_ba)
         shallow_a, shallow_b = enc.shallow.chunk(2, dim=0)
         deep_a, deep_b = enc.deep.chunk(2, dim=0)
@@ -91,6 +107,7 @@ class BSFAF(nn.Module):
             field_ba=field_ba,
             field_ab=field_ab,
             warped_moving=warp(moving, field_ba),
+            translation=translation,
             alignment=alignment,
             mfrh_logits=(self.head.classify(mfrh_a), self.head.classify(mfrh_b)),
             discriminator_logits=(self.mdffr.discriminate(align_a.detach()), self.mdffr.discriminate(align_b.detach())),

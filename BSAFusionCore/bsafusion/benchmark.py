@@ -94,7 +94,7 @@ from bsafusion.evaluate import (
     iter_cases,
 )
 from bsafusion.infer import Fuser
-from bsafusion.io import atomic_output
+from bsafusion.io import atomic_output, check_output_dir
 from bsafusion.device import resolve_device
 
 __all__ = [
@@ -604,7 +604,8 @@ def run_benchmark(
     ------
     InputError
         Missing or malformed case folder, unknown method or modality, unavailable selected
-        method, unreadable weights, ``limit`` < 1, negative ``seed``, unknown ``panel_case``.
+        method, unreadable weights, ``limit`` < 1, negative ``seed``, unknown ``panel_case``,
+        an ``out_dir`` that is a file or not writable (checked before anything runs).
     """
     import torch
     from tqdm.auto import tqdm
@@ -623,6 +624,7 @@ def run_benchmark(
         )  # fmt: skip
     if modalities is not None:
         modalities = [str(m).upper() for m in modalities]
+    check_output_dir(out_dir)
     datasets = case_sets(cases_root, modalities)
     device_name = str(resolve_device(device))
     torch.manual_seed(int(seed))

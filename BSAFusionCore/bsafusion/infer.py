@@ -28,7 +28,17 @@ from bsafusion import checkpoint
 from bsafusion.colour import NEUTRAL_CHROMA, merge_luma, split_luma
 from bsafusion.deform import resize_field, warp
 from bsafusion.errors import InputError
-from bsafusion.io import read_image, read_luma, read_slice, write_image
+from bsafusion.io import (
+    GEOMETRY_FREE_SUFFIXES,
+    IMAGE_SUFFIXES,
+    image_stem,
+    image_suffix,
+    luma_pixels,
+    read_slice_image,
+    slice_pixels,
+    staged_outputs,
+    write_image,
+)
 from bsafusion.model import BSFAF
 from bsafusion.refine import RefineSettings, default_settings, refine_field
 from bsafusion.device import resolve_device
@@ -36,6 +46,10 @@ from bsafusion.transforms import field_to_displacement_image
 from bsafusion.visualize import checkerboard, save_panel
 
 MODALITIES = ("CT", "PET", "SPECT")
+COLOUR_MODALITIES = ("PET", "SPECT")
+#: Smallest image side (pixels) accepted: below it an image holds too little structure to
+#: register, and the network would only see it blown up to its input size.
+MIN_SIZE = 16
 
 
 @dataclass
@@ -50,14 +64,29 @@ class FusionResult:
     inverse_field: np.ndarray  # (2, H, W) pixels, aligns fixed -> moving (bidirectional output)
 
 
+def _check_size(shape: Sequence[int], name: str) -> None:
+    if min(shape[:2]) < MIN_SIZE:
+        raise InputError(f"{name}: image of {shape[1]}x{shape[0]} pixels; registration needs at least "
+                         f"{MIN_SIZE}x{MIN_SIZE}")
+
+
 def _check_image(image: np.ndarray, name: str, allow_rgb: bool) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
+    try:
+        image = np.asarray(image)
+    except ValueError:  # ragged nested sequences
+        raise InputError(f"{name}: not an image array (ragged or irregular nesting)") from None
+    if image.dtype.kind == "c":
+        raise InputError(f"{name}: complex values; a real-valued image is required")
+    if image.dtype.kind not in "biuf":
+        raise InputError(f"{name}: {image.dtype} values; a numeric image is required")
+    image = image.astype(np.float32)
     if image.size == 0:
         raise InputError(f"{name}: empty image")
     if image.ndim == 3 and image.shape[-1] == 3 and allow_rgb:
         pass
     elif image.ndim != 2:
         raise InputError(f"{name}: expected a 2D {'grey or RGB ' if allow_rgb else 'grey '}image, got shape {image.shape}")
+    _check_size(image.shape, name)
     if not np.isfinite(image).all():
         raise InputError(f"{name}: contains NaN or infinite values")
     if image.min() < -1e-3 or image.max() > 1 + 1e-3:
@@ -102,22 +131,33 @@ class Fuser:
         self.refine = refine if isinstance(refine, RefineSettings) else default_settings(self.modality, refine)
 
     @torch.no_grad()
-    def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[FusionResult]:
-        """Fuse several (fixed, moving) pairs of equal size in one network call."""
+    def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                   names: Sequence[tuple[str, str]] | None = None) -> list[FusionResult]:
+        """Fuse several (fixed, moving) pairs of equal size in one network call.
+
+        ``names`` (per pair, fixed and moving) are what error messages call the images; by
+        default ``pair <i> fixed`` and ``pair <i> moving``.
+        """
         if not pairs:
             return []
+        if names is None:
+            names = [(f"pair {i} fixed", f"pair {i} moving") for i in range(len(pairs))]
         fixed_list, luma_list, chroma_list = [], [], []
-        for i, (fixed, moving) in enumerate(pairs):
-            fixed = _check_image(fixed, f"pair {i} fixed", allow_rgb=False)
-            moving = _check_image(moving, f"pair {i} moving", allow_rgb=True)
+        for (fixed, moving), (fixed_name, moving_name) in zip(pairs, names):
+            fixed = _check_image(fixed, fixed_name, allow_rgb=False)
+            moving = _check_image(moving, moving_name, allow_rgb=True)
             if moving.ndim == 3 and not (np.ptp(moving, axis=-1) < 1e-6).all():
+                if self.modality not in COLOUR_MODALITIES:
+                    raise InputError(f"{moving_name}: colour image given as {self.modality}, which is grey; "
+                                     f"is it {' or '.join(COLOUR_MODALITIES)}?")
                 luma, chroma = split_luma(moving)
             elif moving.ndim == 3:  # grey stored as RGB: its own luma (as the data loaders do)
                 luma, chroma = moving[..., 0], None
             else:
                 luma, chroma = moving, None
-            if fixed.max() - fixed.min() < 1e-6 or luma.max() - luma.min() < 1e-6:
-                raise InputError(f"pair {i}: an image is constant (empty); nothing to register")
+            for name, values in ((fixed_name, fixed), (moving_name, luma)):
+                if values.max() - values.min() < 1e-6:
+                    raise InputError(f"{name}: constant image (no structure); nothing to register")
             fixed_list.append(fixed)
             luma_list.append(luma)
             chroma_list.append(chroma)
@@ -154,57 +194,116 @@ class Fuser:
                                         field[i].cpu().numpy(), inverse[i].cpu().numpy()))
         return results
 
-    def fuse(self, fixed: np.ndarray, moving: np.ndarray) -> FusionResult:
-        """Register ``moving`` (grey or RGB) to ``fixed`` (grey) and fuse them."""
-        return self.fuse_batch([(fixed, moving)])[0]
+    def fuse(self, fixed: np.ndarray, moving: np.ndarray,
+             names: tuple[str, str] = ("fixed", "moving")) -> FusionResult:
+        """Register ``moving`` (grey or RGB) to ``fixed`` (grey) and fuse them.
+
+        Both are arrays scaled to [0, 1], at least :data:`MIN_SIZE` pixels a side; a moving
+        array of another size is stretched to the fixed one (arrays carry no geometry: give
+        files to :func:`fuse_files` to have physical geometry respected). Colour moving images
+        are accepted for PET/SPECT only. ``names`` are what error messages call them.
+        """
+        return self.fuse_batch([(fixed, moving)], [names])[0]
+
+
+def output_names(stem: str) -> dict[str, str]:
+    """File names of the outputs of one 2D pair."""
+    return {"fused": f"{stem}_fused.png", "aligned": f"{stem}_aligned.png",
+            "field": f"{stem}_field.nii.gz", "panel": f"{stem}_panel.png"}
 
 
 def write_result(result: FusionResult, fixed_image: sitk.Image, out_dir: str | Path, stem: str,
                  fixed: np.ndarray, moving: np.ndarray) -> dict[str, Path]:
     """Write fused / aligned PNGs, the displacement field (``.nii.gz``, mm) and a quick-look panel.
 
+    The four files are published together or not at all (:func:`bsafusion.io.staged_outputs`).
     The field file is an ITK displacement field on the fixed image's grid (vectors in physical
     units of the fixed image: pixels times spacing, which is 1 for PNG), usable directly as
     ``sitk.DisplacementFieldTransform`` to resample the moving image onto the fixed one.
     """
     out_dir = Path(out_dir)
-    paths = {
-        "fused": out_dir / f"{stem}_fused.png",
-        "aligned": out_dir / f"{stem}_aligned.png",
-        "field": out_dir / f"{stem}_field.nii.gz",
-        "panel": out_dir / f"{stem}_panel.png",
-    }
+    names = output_names(stem)
     geometry = fixed_image if fixed_image.GetNumberOfComponentsPerPixel() == 1 else sitk.VectorIndexSelectionCast(fixed_image, 0)
-    write_image(result.fused, paths["fused"])
-    write_image(result.aligned, paths["aligned"])
-    write_image(field_to_displacement_image(result.field, geometry), paths["field"])
     moving_show = moving if moving.shape[:2] == fixed.shape else resize(moving, fixed.shape, order=1, anti_aliasing=True)
-    save_panel(paths["panel"], [
-        ("fixed (MRI)", fixed), ("moving", moving_show), ("aligned", result.aligned),
-        ("checkerboard", checkerboard(fixed, result.aligned_luma)), ("fused", result.fused),
-    ])
-    return paths
+    with staged_outputs(out_dir) as stage:
+        write_image(result.fused, stage / names["fused"])
+        write_image(result.aligned, stage / names["aligned"])
+        write_image(field_to_displacement_image(result.field, geometry), stage / names["field"])
+        save_panel(stage / names["panel"], [
+            ("fixed (MRI)", fixed), ("moving", moving_show), ("aligned", result.aligned),
+            ("checkerboard", checkerboard(fixed, result.aligned_luma)), ("fused", result.fused),
+        ])
+    return {key: out_dir / name for key, name in names.items()}
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-6, atol=1e-9)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-6 * max(a.GetSpacing()))
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
+
+
+def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image, fixed_path: Path, moving_path: Path) -> sitk.Image:
+    """The moving image on the fixed image's pixel grid, in physical space.
+
+    The same grid: unchanged. Otherwise, when both files store geometry (NIfTI, MHA, NRRD):
+    resampled (linear, identity transform in physical space, outside filled with its minimum),
+    so the written field, applied to the *original* moving file with ``sitk.Resample``, gives the
+    aligned image. PNG/JPEG/BMP/TIFF store no origin or direction, so a pair of those must share
+    its size (pixel grid): stretching one onto the other would make the field's physical
+    meaning false.
+
+    Raises
+    ------
+    InputError
+        Differing grids with a format without geometry; images that overlap less than
+        :data:`bsafusion.volume.geometry.MIN_OVERLAP` in physical space.
+    """
+    if _same_grid(fixed, moving):
+        return moving
+    free = [p for p in (fixed_path, moving_path) if image_suffix(p) in GEOMETRY_FREE_SUFFIXES]
+    if free:
+        raise InputError(f"{moving_path}: {moving.GetSize()[0]}x{moving.GetSize()[1]} pixels (spacing "
+                         f"{moving.GetSpacing()}) on another grid than {fixed_path} ({fixed.GetSize()[0]}x"
+                         f"{fixed.GetSize()[1]}, spacing {fixed.GetSpacing()}); {free[0].name} stores no "
+                         f"physical geometry, so the pair must have the same size (resample one, or use NIfTI/MHA/NRRD)")
+    from bsafusion.volume.geometry import MIN_OVERLAP, coverage_mask, overlap_fraction  # bsafusion.volume imports us
+
+    identity = sitk.Transform(2, sitk.sitkIdentity)
+    overlap = overlap_fraction(fixed, moving, coverage_mask(fixed, moving, identity))
+    if overlap < MIN_OVERLAP:
+        raise InputError(f"{moving_path}: overlaps {fixed_path} by only {100 * overlap:.1f}% in physical space "
+                         f"(at least {100 * MIN_OVERLAP:.0f}% needed); check origin and spacing")
+    lowest = float(sitk.GetArrayViewFromImage(moving).min())
+    return sitk.Resample(moving, fixed, identity, sitk.sitkLinear, lowest, moving.GetPixelID())
 
 
 def fuse_files(fixed_path: str | Path, moving_path: str | Path, fuser: Fuser, out_dir: str | Path,
                stem: str | None = None) -> dict[str, Path]:
-    """Read a pair of 2D images, fuse them and write every output (nothing on error)."""
-    fixed = read_slice(fixed_path, grey=True)
-    luma, chroma = read_luma(moving_path)
-    moving = luma if chroma is None else read_slice(moving_path, grey=False)
-    result = fuser.fuse(fixed, moving)
-    return write_result(result, read_image(fixed_path), out_dir, stem or Path(moving_path).stem, fixed, moving)
+    """Read a pair of 2D images, fuse them and write every output (nothing on error).
+
+    The moving image is first brought onto the fixed grid (:func:`moving_on_fixed_grid`).
+    Output names start with ``stem``, by default the moving file's name without its image
+    suffix (``pet.nii.gz`` -> ``pet``).
+    """
+    fixed_path, moving_path = Path(fixed_path), Path(moving_path)
+    fixed_image = read_slice_image(fixed_path)
+    moving_image = moving_on_fixed_grid(fixed_image, read_slice_image(moving_path), fixed_path, moving_path)
+    fixed = slice_pixels(fixed_image, fixed_path, grey=True)
+    luma, chroma = luma_pixels(moving_image, moving_path)
+    moving = luma if chroma is None else slice_pixels(moving_image, moving_path, grey=False)
+    result = fuser.fuse(fixed, moving, names=(str(fixed_path), str(moving_path)))
+    return write_result(result, fixed_image, out_dir, stem or image_stem(moving_path), fixed, moving)
 
 
 def pair_folder(fixed_dir: str | Path, moving_dir: str | Path) -> list[tuple[Path, Path]]:
-    """Pairs of files with the same name in two folders (the Harvard layout's convention)."""
+    """Pairs of image files with the same name in two folders (the Harvard layout's convention)."""
     fixed_dir, moving_dir = Path(fixed_dir), Path(moving_dir)
     for d in (fixed_dir, moving_dir):
         if not d.is_dir():
             raise InputError(f"{d}: folder not found")
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".gz", ".nrrd", ".mha", ".mhd"}
-    fixed_files = {p.name: p for p in sorted(fixed_dir.iterdir()) if p.suffix.lower() in exts}
-    moving_files = {p.name: p for p in sorted(moving_dir.iterdir()) if p.suffix.lower() in exts}
+    fixed_files = {p.name: p for p in sorted(fixed_dir.iterdir()) if image_suffix(p) in IMAGE_SUFFIXES}
+    moving_files = {p.name: p for p in sorted(moving_dir.iterdir()) if image_suffix(p) in IMAGE_SUFFIXES}
     missing = sorted(set(fixed_files) ^ set(moving_files))
     if missing:
         raise InputError(f"{moving_dir}: files without a partner of the same name in the other folder: {', '.join(missing[:5])}")
@@ -213,8 +312,22 @@ def pair_folder(fixed_dir: str | Path, moving_dir: str | Path) -> list[tuple[Pat
     return [(fixed_files[k], moving_files[k]) for k in sorted(fixed_files)]
 
 
-def fuse_folder(pairs: Iterable[tuple[Path, Path]], fuser: Fuser, out_dir: str | Path, progress: bool = True) -> list[dict[str, Path]]:
-    """Fuse every pair with a progress bar; each pair's outputs are written atomically."""
-    pairs = list(pairs)
-    return [fuse_files(f, m, fuser, out_dir, Path(m).name.split(".")[0])
-            for f, m in tqdm(pairs, desc="fuse", disable=not progress, dynamic_ncols=True)]
+def fuse_folder(pairs: Iterable[tuple[Path, Path]], fuser: Fuser, out_dir: str | Path,
+                progress: bool = True) -> tuple[list[dict[str, Path]], list[InputError]]:
+    """Fuse every pair with a progress bar; report and continue past pairs that fail.
+
+    Each pair's outputs are published together (all four files or none). A pair whose input
+    is unusable is skipped and its error returned, so one bad file does not cost the others;
+    anything else (a bug, an interruption) stops the run, keeping the pairs already finished.
+
+    Returns
+    -------
+    (outputs of the fused pairs, errors of the skipped ones)
+    """
+    outputs, failures = [], []
+    for fixed, moving in tqdm(list(pairs), desc="fuse", disable=not progress, dynamic_ncols=True):
+        try:
+            outputs.append(fuse_files(fixed, moving, fuser, out_dir, image_stem(moving)))
+        except InputError as exc:
+            failures.append(exc)
+    return outputs, failures

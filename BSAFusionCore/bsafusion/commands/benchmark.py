@@ -30,7 +30,8 @@ def _ablation(text: str) -> tuple[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", required=True, help="folder of unaligned cases (e.g. harvard/test_unaligned)")
-    parser.add_argument("--out", default="benchmark_out", help="results folder (default: benchmark_out)")
+    parser.add_argument("--out", default="benchmark_out",
+                        help="results folder (default: benchmark_out; checked before anything is computed)")
     parser.add_argument("--methods", help=f"comma-separated subset of: {_METHOD_HELP} (default: all available)")
     parser.add_argument("--modality", nargs="+", type=str.upper, choices=["CT", "PET", "SPECT"],
                         help="modalities to run (default: every one found in --cases)")

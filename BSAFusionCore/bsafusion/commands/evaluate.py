@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", required=True, help="folder of unaligned cases (e.g. harvard/test_unaligned)")
     parser.add_argument("--outputs", required=True, help="folder of a method's outputs (e.g. harvard/official_results)")
     parser.add_argument("--name", default="method", help="method name in tables (default: method)")
-    parser.add_argument("--out", default="eval_out", help="output folder (default: eval_out)")
+    parser.add_argument("--out", default="eval_out",
+                        help="output folder (default: eval_out; checked before anything is computed)")
     parser.add_argument("--modality", nargs="+", type=str.upper, choices=["CT", "PET", "SPECT"],
                         help="modalities to evaluate (default: every one found in --cases)")
     parser.add_argument("--no-baseline", action="store_true", help="leave out the no-registration line")
@@ -44,10 +45,12 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from bsafusion.errors import InputError
     from bsafusion.evaluate import evaluate_folder, summarize
+    from bsafusion.io import check_output_dir
     from bsafusion.report import markdown_tables, write_report
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
+    check_output_dir(args.out)
     rows = evaluate_folder(
         args.cases,
         args.outputs,

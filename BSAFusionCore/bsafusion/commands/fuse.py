@@ -3,13 +3,25 @@
 2D (PNG/JPG/... or 2D NIfTI/MHA), per pair: <name>_fused.png (colour for PET/SPECT),
 <name>_aligned.png, <name>_field.nii.gz (ITK displacement field on the fixed grid, physical
 units, fixed -> moving points) and <name>_panel.png (fixed, moving, aligned, checkerboard,
-fused). Two folders pair their files by name.
+fused); <name> is the moving file's name without its suffix. Two folders pair their files by
+name. A moving image on another grid than the fixed one is resampled into it in physical
+space when both files store geometry (NIfTI/MHA/NRRD); PNG/JPEG/BMP/TIFF store none, so such a
+pair must have the same size. Images need at least 16x16 pixels; a colour moving image is
+refused for CT.
 
 3D (NIfTI/NRRD/MHA files or DICOM series folders): optional rigid pre-alignment, slice-wise
 network, and <stem>_transform.h5 (total ITK transform, LPS mm: sitk.Resample(moving, fixed,
 transform) gives the aligned volume; 3D Slicer loads it as the moving volume's parent
 transform), <stem>_fused/_aligned/_inverse_displacement/_jacobian.nii.gz in the fixed geometry.
 See BSAFusionCore/docs/volumes.md.
+
+Outputs and errors: --out is checked before anything is computed. A pair's (or a volume's)
+outputs are written into a hidden staging folder inside --out, read back, and published
+together, or not at all on any error or interruption (Ctrl-C, SIGTERM); a staging folder left
+by a killed run is removed by the next run into the same folder; concurrent runs into one
+folder each publish a complete set (the later wins). Unusable input prints one line naming the
+file and exits with status 2. A folder run reports and continues: every good pair is fused and
+kept, then the failed pairs are named on one line and the exit status is 2.
 """
 
 from __future__ import annotations
@@ -27,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed", required=True, help="fixed image (MRI): file, folder of slices or DICOM folder")
     parser.add_argument("--moving", required=True, help="moving image (CT/PET/SPECT) of the same kind")
     parser.add_argument("--modality", required=True, type=str.upper, choices=["CT", "PET", "SPECT"])
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True,
+                        help="output folder (created; checked before computing; outputs appear all at once)")
     parser.add_argument("--weights", help="weights file (default: the shipped model for --modality)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--refine-steps", type=int, metavar="N",
@@ -40,10 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _is_slice_folder(path: Path) -> bool:
+    """A folder holding 2D slice images (any other folder is taken as a DICOM series)."""
+    return path.is_dir() and any(p.suffix.lower() in _SLICE_SUFFIXES for p in path.iterdir())
+
+
 def _is_volume(path: Path) -> bool:
     """3D input? A folder without 2D slice images is taken as a DICOM series."""
     if path.is_dir():
-        return not any(p.suffix.lower() in _SLICE_SUFFIXES for p in path.iterdir())
+        return not _is_slice_folder(path)
     if path.suffix.lower() in _SLICE_SUFFIXES:
         return False
     from bsafusion.io import read_image
@@ -51,13 +69,35 @@ def _is_volume(path: Path) -> bool:
     return read_image(path).GetDimension() == 3
 
 
+def _fuse_folders(fixed: Path, moving: Path, args: argparse.Namespace) -> int:
+    from bsafusion.errors import InputError
+    from bsafusion.infer import Fuser, fuse_folder, pair_folder
+
+    pairs = pair_folder(fixed, moving)
+    fuser = Fuser(args.modality, args.weights, args.device, refine=args.refine_steps)
+    outputs, failures = fuse_folder(pairs, fuser, args.out, progress=not args.no_progress)
+    print(f"fused {len(outputs)} of {len(pairs)} pairs into {args.out}")
+    if failures:
+        shown = "; ".join(str(exc) for exc in failures[:3]) + ("; ..." if len(failures) > 3 else "")
+        raise InputError(f"{len(failures)} of {len(pairs)} pairs skipped (the others are written): {shown}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from bsafusion.errors import InputError
+    from bsafusion.io import check_output_dir
 
     fixed, moving = Path(args.fixed), Path(args.moving)
     for path in (fixed, moving):
         if not path.exists():
             raise InputError(f"{path}: not found")
+    check_output_dir(args.out)
+    if _is_slice_folder(fixed) != _is_slice_folder(moving):
+        folder, other = (fixed, moving) if _is_slice_folder(fixed) else (moving, fixed)
+        raise InputError(f"{folder}: a folder of slices, but {other} is not; give two folders of slices "
+                         f"(paired by file name) or two files")
+    if _is_slice_folder(fixed):
+        return _fuse_folders(fixed, moving, args)
     if _is_volume(fixed):
         from bsafusion.volume import console_progress, fuse_volume_files
 
@@ -71,13 +111,9 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
         return 0
 
-    from bsafusion.infer import Fuser, fuse_files, fuse_folder, pair_folder
+    from bsafusion.infer import Fuser, fuse_files
 
     fuser = Fuser(args.modality, args.weights, args.device, refine=args.refine_steps)
-    if fixed.is_dir():
-        outputs = fuse_folder(pair_folder(fixed, moving), fuser, args.out, progress=not args.no_progress)
-        print(f"fused {len(outputs)} pairs into {args.out}")
-    else:
-        for kind, path in fuse_files(fixed, moving, fuser, args.out).items():
-            print(f"{kind:8s} {path}")
+    for kind, path in fuse_files(fixed, moving, fuser, args.out).items():
+        print(f"{kind:8s} {path}")
     return 0

@@ -19,24 +19,23 @@ Files (``<stem>`` defaults to ``bsafusion``), all in the fixed volume's geometry
 ``<stem>_jacobian.nii.gz``          Jacobian determinant of the deformable part, float32
 ==================================  ============================================================
 
-Everything is written into a hidden temporary folder inside ``out_dir`` and moved into place
-only when every file is complete; on any failure the temporary folder is removed, files
-already moved are removed again, and the error propagates, so ``out_dir`` never holds a
-partial result. Existing files with the same names are replaced.
+Everything is written into a private hidden staging folder inside ``out_dir``, read back, and
+moved into place only when every file is complete (:func:`bsafusion.io.staged_outputs`); on
+any failure or interruption nothing is published, so ``out_dir`` never holds a partial result.
+Existing files with the same names are replaced.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
 from bsafusion.errors import InputError
-from bsafusion.io import _reason
+from bsafusion.io import check_output_dir, staged_outputs, write_image, write_transform
 from bsafusion.volume.geometry import read_volume
 from bsafusion.volume.pipeline import VolumeResult, register_and_fuse_volumes
 
@@ -53,19 +52,17 @@ OUTPUT_FILES: dict[str, str] = {
 }
 
 
-def _write_all(result: VolumeResult, folder: Path, names: dict[str, str]) -> None:
-    sitk.WriteImage(result.fused, str(folder / names["fused"]), True)
-    sitk.WriteImage(result.aligned, str(folder / names["aligned"]), True)
-    sitk.WriteTransform(result.transform, str(folder / names["transform"]))
-    sitk.WriteTransform(result.affine if result.affine is not None else sitk.AffineTransform(3),
-                        str(folder / names["affine"]))
-    inverse = sitk.Cast(result.inverse_displacement, sitk.sitkVectorFloat32)
-    sitk.WriteImage(inverse, str(folder / names["inverse_displacement"]), True)
-    sitk.WriteImage(sitk.Cast(result.jacobian, sitk.sitkFloat32), str(folder / names["jacobian"]), True)
+def _probe_points(image: sitk.Image) -> list[tuple[float, ...]]:
+    """Physical points of the grid's corners and centre (a written transform must map them alike)."""
+    size = image.GetSize()
+    corners = [tuple(float(c) for c in corner) for corner in np.ndindex(*(2,) * len(size))]
+    index = [tuple(c * (s - 1) for c, s in zip(corner, size)) for corner in corners]
+    index.append(tuple((s - 1) / 2 for s in size))
+    return [image.TransformContinuousIndexToPhysicalPoint(i) for i in index]
 
 
 def write_volume_result(result: VolumeResult, out_dir: str | Path, stem: str = "bsafusion") -> dict[str, Path]:
-    """Write every output of ``result`` into ``out_dir`` atomically (see the module docstring).
+    """Write every output of ``result`` into ``out_dir``, all or none (see the module docstring).
 
     Returns
     -------
@@ -80,27 +77,16 @@ def write_volume_result(result: VolumeResult, out_dir: str | Path, stem: str = "
     if not stem or os.sep in stem or (os.altsep and os.altsep in stem) or stem.startswith("."):
         raise InputError(f"{stem!r}: output stem must be a plain file name prefix")
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
     names = {key: pattern.format(stem=stem) for key, pattern in OUTPUT_FILES.items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=out_dir))
-    moved: list[Path] = []
-    try:
-        try:
-            _write_all(result, tmp, names)
-        except RuntimeError as exc:
-            raise InputError(f"{out_dir}: cannot write the volume results ({_reason(exc)})") from None
-        for name in names.values():
-            os.replace(tmp / name, out_dir / name)
-            moved.append(out_dir / name)
-    except BaseException:
-        for path in moved:
-            path.unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    probe = _probe_points(result.fused)
+    with staged_outputs(out_dir) as stage:
+        write_image(result.fused, stage / names["fused"])
+        write_image(result.aligned, stage / names["aligned"])
+        write_transform(result.transform, stage / names["transform"], probe)
+        write_transform(result.affine if result.affine is not None else sitk.AffineTransform(3),
+                        stage / names["affine"], probe)
+        write_image(sitk.Cast(result.inverse_displacement, sitk.sitkVectorFloat32), stage / names["inverse_displacement"])
+        write_image(sitk.Cast(result.jacobian, sitk.sitkFloat32), stage / names["jacobian"])
     return {key: out_dir / name for key, name in names.items()}
 
 
@@ -117,8 +103,9 @@ def fuse_volume_files(
     ``options`` go to :func:`~bsafusion.volume.pipeline.register_and_fuse_volumes` (weights,
     device, prealign, axis, batch_size, progress, cancel...). ``stem`` defaults to
     ``bsafusion``. Errors name the offending file; on any error or cancellation nothing is
-    written.
+    written. ``out_dir`` is checked before anything is computed.
     """
+    check_output_dir(out_dir)
     fixed = read_volume(fixed_path)
     moving = read_volume(moving_path)
     result = register_and_fuse_volumes(fixed, moving, modality, names=(str(fixed_path), str(moving_path)), **options)

@@ -41,7 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bsafusion.errors import InputError
-from bsafusion.io import read_image
+from bsafusion.io import check_direction, read_image
 
 __all__ = [
     "AXES",
@@ -158,7 +158,8 @@ def check_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
 
     Raises :class:`InputError` (message naming ``name``) for: not a SimpleITK image, 2D (or a
     single slice), 4D and more, colour/vector pixels, a spacing that is not finite, <= 0 or
-    > :data:`MAX_SPACING_MM` mm, a degenerate direction matrix.
+    > :data:`MAX_SPACING_MM` mm, a direction matrix that is not orthonormal (sheared, scaled
+    or degenerate: :func:`bsafusion.io.check_direction`).
     """
     if not isinstance(image, sitk.Image):
         raise InputError(f"{name}: expected a SimpleITK image, got {type(image).__name__}")
@@ -173,9 +174,7 @@ def check_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
     spacing = image.GetSpacing()
     if not all(math.isfinite(s) and 0 < s <= MAX_SPACING_MM for s in spacing):
         raise InputError(f"{name}: absurd voxel spacing {spacing} mm (each must be > 0 and <= {MAX_SPACING_MM:g})")
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    if not np.isfinite(direction).all() or abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
-        raise InputError(f"{name}: direction matrix is not a rotation (determinant {np.linalg.det(direction):.3g})")
+    check_direction(image, name)
     if not all(math.isfinite(o) for o in image.GetOrigin()):
         raise InputError(f"{name}: origin {image.GetOrigin()} is not finite")
     return image

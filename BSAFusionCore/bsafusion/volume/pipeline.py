@@ -80,7 +80,7 @@ from scipy import ndimage
 from bsafusion.colour import merge_luma, split_luma
 from bsafusion.deform import compose
 from bsafusion.errors import InputError
-from bsafusion.infer import MODALITIES, Fuser
+from bsafusion.infer import MIN_SIZE, MODALITIES, Fuser
 from bsafusion.intensity import check_modality, normalise_volume
 from bsafusion.metrics.registration import jacobian_determinant
 from bsafusion.phantom import pseudo_colour
@@ -359,7 +359,8 @@ def register_and_fuse_volumes(
     Raises
     ------
     InputError
-        A volume that is 2D, 4D, colour, has absurd spacing or no contrast; a modality
+        A volume that is 2D, 4D, colour, has absurd spacing, a direction matrix that is not
+        orthonormal, slices smaller than :data:`~bsafusion.infer.MIN_SIZE` or no contrast; a modality
         mismatch; unknown modality/axis/device; unusable weights; volumes that overlap less
         than :data:`~bsafusion.volume.geometry.MIN_OVERLAP` after pre-alignment.
     Cancelled
@@ -384,6 +385,10 @@ def register_and_fuse_volumes(
     check_volume(fixed, fixed_name)
     check_volume(moving, moving_name)
     frame = slice_frame(fixed.GetDirection(), axis)
+    in_plane = [fixed.GetSize()[k] for k in frame.index_axes[:2]]
+    if min(in_plane) < MIN_SIZE:
+        raise InputError(f"{fixed_name}: {axis} slices of {in_plane[0]}x{in_plane[1]} voxels; registration needs "
+                         f"at least {MIN_SIZE}x{MIN_SIZE} (try another --axis)")
     check_modality(fixed, "MRI", fixed_name)
     check_modality(moving, modality, moving_name)
     report(0.0, "loading the model")

@@ -21,6 +21,7 @@ import errno
 import gzip
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -454,15 +455,40 @@ def read_image(path: str | os.PathLike, series_id: str | None = None, allow_4d: 
         raise InputError(f"{path}: no such file or folder")
     else:
         _check_readable(path)
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise InputError(f"{path}: unreadable or corrupt image file ({_reason(exc)})") from None
+        image = _read_file(path)
         if image_suffix(path) in (".nii", ".nii.gz") and image.GetPixelID() in _FLOAT_TYPES:
             n_nan, n_inf = _nifti_nonfinite(path)
             if n_nan or n_inf:
                 raise InputError(f"{path}: {n_nan} NaN and {n_inf} infinite values")
     return _validate(image, path, allow_4d)
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """``sitk.ReadImage`` with what native readers print to file descriptor 2 caught.
+
+    On failure MetaIO and GDCM print the real reason while ITK's exception often says only
+    "No such file or directory"; that printed reason goes into the one-line error instead of
+    onto the terminal. On success the printed text (warnings) is passed on to stderr.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            image, error = sitk.ReadImage(str(path)), None
+        except RuntimeError as exc:
+            image, error = None, exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        printed = sink.read().decode("utf-8", "replace")
+    if error is None:
+        sys.stderr.write(printed)
+        return image
+    lines = [line.strip() for line in printed.splitlines() if line.strip()]
+    reason = lines[-1][:160] if lines else _reason(error)
+    raise InputError(f"{path}: unreadable or corrupt image file ({reason})")
 
 
 def _check_readable(path: Path) -> None:
@@ -519,6 +545,9 @@ def _slice_values(image: sitk.Image, name: str | os.PathLike) -> np.ndarray:
     if np.iscomplexobj(values):
         raise InputError(f"{name}: complex pixels; a real-valued image is required")
     channels = values.shape[-1]
+    if channels == 2 and values.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{name}: 2-component {values.dtype} pixels (complex values or a vector field?); "
+                         f"grey, grey + alpha (8 or 16 bits) or RGB is required")
     if channels in (1, 2):  # grey, grey + alpha
         values = values[..., :1]
     elif channels in (3, 4):  # RGB, RGBA

@@ -7,6 +7,7 @@ untrained model: the tests check wiring, geometry and conversions, not registrat
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,6 +32,10 @@ from bsafusion.slicer_support import (
     transform_discrepancy_mm,
     validate_parameters,
     write_slicer_transform,
+    read_slicer_transform,
+    ijk_to_ras,
+    image_from_node_array,
+    same_geometry,
 )
 from bsafusion.volume import Cancelled
 
@@ -75,6 +80,7 @@ def test_validate_parameters_normalises_and_keeps_choices(tiny_weights):
     ({"batch_size": 0}, "batch size"),
     ({"batch_size": 2.5}, "batch size"),
     ({"batch_size": True}, "batch size"),
+    ({"refine_steps": -1}, "refinement steps"),
 ])
 def test_validate_parameters_rejects_bad_choices(tiny_weights, kwargs, needle):
     args = {"modality": "CT", "weights": tiny_weights["CT"], **kwargs}
@@ -304,11 +310,27 @@ def _slicer_like(transform: sitk.Transform):
 
 def test_transform_file_round_trip_keeps_the_mapping(results, tmp_path):
     request, result = results["CT"]
-    path = write_slicer_transform(result.transform, tmp_path / "sub")
-    assert path.suffix == ".h5" and path.is_file()
-    loaded = sitk.ReadTransform(str(path))
+    path = write_slicer_transform(result.transform, request.fixed, tmp_path / "sub")
+    assert path.suffix == ".nrrd" and path.is_file()
+    loaded = read_slicer_transform(path)
     points = sample_points(request.fixed, count=30)
-    assert transform_discrepancy_mm(result.transform, _slicer_like(loaded), points) < 1e-6
+    assert transform_discrepancy_mm(result.transform, _slicer_like(loaded), points) < 1e-3
+
+
+def test_geometry_round_trip_through_an_ijk_to_ras_matrix():
+    image = _volume(np.random.default_rng(0).random(SHAPE))
+    image.SetDirection(tuple(sitk.VersorTransform((0.3, -0.2, 1.0), 0.4).GetMatrix()))
+    matrix = ijk_to_ras(image)
+    ras = matrix @ np.array([3.0, 5.0, 2.0, 1.0])
+    np.testing.assert_allclose(ras_to_lps(ras[:3]), image.TransformIndexToPhysicalPoint((3, 5, 2)), atol=1e-9)
+    back = image_from_node_array(sitk.GetArrayFromImage(image), matrix)
+    assert same_geometry(back, image, tolerance=1e-9)
+
+
+def test_unchosen_options_are_left_to_the_core(tiny_weights):
+    assert validate_parameters("CT", tiny_weights["CT"]).core_options() == {"weights": Path(tiny_weights["CT"])}
+    chosen = validate_parameters("CT", tiny_weights["CT"], prealign=False, refine_steps=0).core_options()
+    assert chosen["prealign"] is False and chosen["refine_steps"] == 0
 
 
 def test_transform_discrepancy_catches_a_missing_lps_ras_conversion():

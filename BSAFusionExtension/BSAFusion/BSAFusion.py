@@ -620,6 +620,7 @@ class BSAFusionLogic(ScriptedLoadableModuleLogic):
             if not storageNode.ReadData(node):
                 raise RuntimeError(f"Slicer could not read the BSAFusion transform ({path})")
         storageNode.SetFileName(f"{node.GetName()}.nrrd")  # the temporary file is gone; a scene save writes this
+        storageNode.SetDefaultWriteFileExtension("nrrd")  # not Slicer's uncompressed .h5
         storageNode.SetUseCompression(True)
         return node
 

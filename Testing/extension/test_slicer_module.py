@@ -1,17 +1,19 @@
-"""The 3D Slicer extension, checked without Slicer (which cannot be installed in CI).
+"""The 3D Slicer extension, checked without the Slicer application.
 
 * Static checks: the module files compile; the ``.ui`` file is valid Qt Designer XML holding
   every widget the code uses, with a plausible class, and its parameter bindings match the
   parameter node; the CMake files declare a Slicer extension (and configure, build and install
   against a stub of Slicer's CMake package when CMake is available).
-* The Logic, the Widget's background run, the dependency policy and the batch script run
-  against ``slicer_standin``: a clearly labelled imitation of the few Slicer/MRML calls the
-  module makes, which records nodes, references, parent transforms, dialogs and view layers.
-  The core behind them is the real one (bsafusion.volume) with a tiny untrained model on small
-  phantom volumes, so these tests check wiring, not registration quality.
-* What needs a real Slicer (rendering, PythonQt threads, Slicer's own LPS->RAS conversion) is
-  covered by the module's self-test ``BSAFusionTest``, run inside Slicer; here it only runs
-  against the stand-in to catch errors in the test code itself.
+* On a **real MRML scene** (slicer-core, the ``slicer-test`` extra; these tests skip without it):
+  the Logic's output nodes (classes, IJK -> RAS), the transform read by Slicer's own transform
+  storage node against SimpleITK reading the same file, hardening, a saved and reloaded scene,
+  the Widget's background run, the dependency policy and the batch script. ``slicer_standin``
+  supplies only what slicer-core lacks (``slicer.app``, Qt widgets, dialogs,
+  ``ScriptedLoadableModule``, ``parameterNodeWrapper``). The core behind them is the real one
+  with a tiny untrained model on small phantom volumes, so these tests check wiring and
+  geometry, not registration quality.
+* Rendering, PythonQt threads and the real GUI connectors need the application: the module's
+  self-test ``BSAFusionTest`` covers them inside Slicer.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 import slicer_standin
 from bsafusion import slicer_support
@@ -60,11 +63,15 @@ def _import_module(name: str) -> types.ModuleType:
 
 @pytest.fixture
 def slicer_env():
-    """The stand-in Slicer (main window), with BSAFusion imported against it."""
+    """A real MRML scene with the stand-in application (main window), BSAFusion imported against it."""
+    if not slicer_standin.available():
+        pytest.skip("needs slicer-core (pip install -e 'BSAFusionCore[slicer-test]')")
     recorder = slicer_standin.install()
     module = _import_module("BSAFusion")
-    yield types.SimpleNamespace(rec=recorder, bsa=module, slicer=sys.modules["slicer"],
-                                sitkUtils=sys.modules["sitkUtils"])
+    env = types.SimpleNamespace(rec=recorder, bsa=module, slicer=sys.modules["slicer"], widgets=[])
+    yield env
+    for widget in env.widgets:  # what Slicer does when it unloads the module: stop observing the scene
+        widget.cleanup()
     for name in ("BSAFusion", "BSAFusionBatch"):
         sys.modules.pop(name, None)
     slicer_standin.uninstall()
@@ -73,25 +80,45 @@ def slicer_env():
 
 
 def _image(array: np.ndarray) -> sitk.Image:
+    """Anisotropic, off-origin, obliquely oriented: any axis flip or swap shows."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
     image.SetSpacing((1.5, 1.4, 3.0))
     image.SetOrigin((-30.0, -25.0, 12.0))
+    image.SetDirection(tuple(sitk.VersorTransform((0.1, 0.2, 1.0), 0.3).GetMatrix()))
     return image
+
+
+def _push(env, image: sitk.Image, name: str):
+    node = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.CreateDefaultDisplayNodes()
+    env.bsa.BSAFusionLogic.pushVolume(image, node)
+    return node
 
 
 def _push_pair(env, modality: str, seed: int = 5, moving: np.ndarray | None = None):
     pair = phantom_pair(modality, shape=SHAPE, seed=seed)
-    fixed = env.sitkUtils.PushVolumeToSlicer(_image(pair.mri), name="MRI")
-    other = env.sitkUtils.PushVolumeToSlicer(_image(pair.other if moving is None else moving), name=modality)
-    return fixed, other
+    return _push(env, _image(pair.mri), "MRI"), _push(env, _image(pair.other if moving is None else moving), modality)
 
 
 def _run(env, modality, weights, **kwargs):
     fixed, moving = _push_pair(env, modality)
     logic = env.bsa.BSAFusionLogic()
-    nodes, result = logic.process(fixed, moving, modality, weights=weights[modality], device="cpu",
-                                  prealign=False, **kwargs)
+    kwargs = {"prealign": False, **kwargs}
+    nodes, result = logic.process(fixed, moving, modality, weights=weights[modality], device="cpu", **kwargs)
     return logic, fixed, moving, nodes, result
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def _ui_widgets() -> dict[str, ET.Element]:
@@ -117,6 +144,7 @@ _CLASS_BY_SUFFIX = {
     "CheckBox": {"QCheckBox"},
     "Slider": {"ctkSliderWidget"},
     "LineEdit": {"ctkPathLineEdit", "QLineEdit"},
+    "SpinBox": {"QSpinBox"},
     "Bar": {"QProgressBar"},
     "Label": {"QLabel"},
 }
@@ -165,6 +193,8 @@ def test_ui_parameter_bindings_match_the_parameter_node(slicer_env):
             assert types_in_ui == [base.__name__], param
         elif base is bool:
             assert cls == "QCheckBox", param
+        elif base is int:
+            assert cls == "QSpinBox" and any(type(n).__name__ == "WithinRange" for n in notes), param
         elif base is float:
             assert cls == "ctkSliderWidget" and any(type(n).__name__ == "WithinRange" for n in notes), param
         elif base is pathlib.Path:
@@ -252,66 +282,186 @@ def test_cmake_configures_builds_and_installs_against_a_stub_slicer(tmp_path):
     assert not list(core.rglob("__pycache__"))
 
 
-# ------------------------------------------------------------------------ logic (stand-in)
+# --------------------------------------------------------------------- logic (real MRML)
 
 
-def test_ct_run_wires_transform_and_outputs(slicer_env, tiny_weights):
+def test_volumes_cross_into_the_scene_with_their_geometry(slicer_env):
+    """pushVolume/pullVolume against Slicer's own IJK -> RAS: an LPS point lands on its RAS twin."""
+    image = _image(np.random.default_rng(0).random(SHAPE))
+    node = _push(slicer_env, image, "volume")
+    matrix = _ijk_to_ras(node)
+    for index in ((0, 0, 0), (5, 7, 3), (47, 2, 6)):
+        expected_lps = np.array(image.TransformIndexToPhysicalPoint(index))
+        ras = matrix @ np.array([*index, 1.0])
+        np.testing.assert_allclose(slicer_support.ras_to_lps(ras[:3]), expected_lps, atol=1e-9)
+    np.testing.assert_array_equal(slicer_env.slicer.util.arrayFromVolume(node), sitk.GetArrayViewFromImage(image))
+    back = slicer_env.bsa.BSAFusionLogic.pullVolume(node)
+    assert slicer_support.same_geometry(back, image, tolerance=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
+
+
+def test_ct_run_gives_real_nodes_on_the_fixed_grid(slicer_env, tiny_weights):
     logic, fixed, moving, nodes, result = _run(slicer_env, "CT", tiny_weights)
     slicer = slicer_env.slicer
     assert set(nodes) == {"transform", "fused", "aligned", "jacobian", "checkerboard"}
     transform = nodes["transform"]
-    assert transform.IsA("vtkMRMLTransformNode") and transform.GetName() == "CT BSAFusion transform"
+    assert transform.GetClassName() == "vtkMRMLTransformNode" and transform.GetName() == "CT BSAFusion transform"
+    assert transform.GetTransformFromParent().GetClassName() == "vtkOrientedGridTransform"
     assert moving.GetParentTransformNode() is transform and fixed.GetParentTransformNode() is None
     assert transform.GetNodeReference(slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole()) is moving
     assert transform.GetNodeReference(slicer.vtkMRMLTransformNode.GetFixedNodeReferenceRole()) is fixed
-    assert slicer_env.rec.of("loadTransform") and transform.GetScene() is slicer.mrmlScene
     for key in ("fused", "aligned", "jacobian", "checkerboard"):
         node = nodes[key]
         assert node.GetClassName() == "vtkMRMLScalarVolumeNode", key
-        assert slicer_support.same_geometry(node.image, fixed.image), key
+        assert node.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions(), key
+        np.testing.assert_allclose(_ijk_to_ras(node), _ijk_to_ras(fixed), atol=1e-9, err_msg=key)
         assert node.GetDisplayNode() is not None, key
-    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(nodes["aligned"].image),
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["aligned"]),
                                   sitk.GetArrayViewFromImage(result.aligned))
     display = nodes["jacobian"].GetDisplayNode()
     assert display.GetColorNodeID() == "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
     assert not display.GetAutoWindowLevel() and display.GetLevel() == 1.0
-    # the transform node maps points like the core's transform (through the stand-in's RAS view)
-    points = slicer_support.sample_points(fixed.image, count=20)
+    points = slicer_support.sample_points(result.aligned, count=25, on_grid=True)
     assert slicer_support.transform_discrepancy_mm(
-        result.transform, transform.GetTransformFromParent().TransformPoint, points) < 1e-6
-    # temporary transform file cleaned up, no stray nodes: 2 inputs + 5 outputs + display nodes
-    assert not Path(slicer_env.rec.of("loadTransform")[0][0]).exists()
-    volumes = slicer.mrmlScene.GetNodesByClass("vtkMRMLVolumeNode")
-    assert len(volumes) == 6 and len(slicer.mrmlScene.GetNodesByClass("vtkMRMLTransformNode")) == 1
+        result.transform, transform.GetTransformFromParent().TransformPoint, points) < 1e-3
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == 6
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTransformNode") == 1
 
 
-def test_pet_run_makes_a_colour_fused_volume(slicer_env, tiny_weights):
-    _, fixed, _, nodes, result = _run(slicer_env, "PET", tiny_weights)
+def test_pet_run_makes_an_rgb_vector_fused_volume(slicer_env, tiny_weights):
+    _, fixed, _, nodes, _ = _run(slicer_env, "PET", tiny_weights)
     fused = nodes["fused"]
     assert fused.GetClassName() == "vtkMRMLVectorVolumeNode"
     assert fused.GetImageData().GetNumberOfScalarComponents() == 3
-    assert fused.image.GetPixelID() == sitk.sitkVectorUInt8
+    assert fused.GetImageData().GetScalarTypeAsString() == "unsigned char"
     assert fused.GetDisplayNode().GetClassName() == "vtkMRMLVectorVolumeDisplayNode"
+    np.testing.assert_allclose(_ijk_to_ras(fused), _ijk_to_ras(fixed), atol=1e-9)
     assert nodes["aligned"].GetClassName() == "vtkMRMLScalarVolumeNode"  # PET activity stays grey
+
+
+def _known_transform(reference: sitk.Image) -> sitk.CompositeTransform:
+    """A non-symmetric fixed -> moving transform: rotation, shear, shift and a smooth random field."""
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix((0.98, 0.06, 0.02, -0.05, 1.03, 0.01, 0.03, -0.02, 0.99))
+    affine.SetTranslation((4.0, -2.5, 1.5))
+    affine.SetCenter(reference.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in reference.GetSize()]))
+    rng = np.random.default_rng(1)
+    size = reference.GetSize()[::-1]
+    field = np.stack([ndimage.gaussian_filter(rng.normal(0.0, 8.0, size), 2.0) for _ in range(3)], axis=-1)
+    displacement = sitk.GetImageFromArray(field, isVector=True)
+    displacement.CopyInformation(reference)
+    total = sitk.CompositeTransform(3)
+    total.AddTransform(affine)
+    total.AddTransform(sitk.DisplacementFieldTransform(displacement))
+    return total
+
+
+def _read_with_slicer(env, path: Path):
+    node = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTransformNode", "read back")
+    storage = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTransformStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    return node
+
+
+def test_transform_file_maps_points_in_slicer_as_in_simpleitk_both_ways(slicer_env, tmp_path):
+    """Slicer's storage node and SimpleITK read the same file; points agree in RAS and LPS."""
+    reference = _image(np.zeros(SHAPE))
+    transform = _known_transform(reference)
+    path = slicer_support.write_slicer_transform(transform, reference, tmp_path)
+    node = _read_with_slicer(slicer_env, path)
+    from_file = slicer_support.read_slicer_transform(path)
+    points = slicer_support.sample_points(reference, count=40, margin=0.15, on_grid=True)
+    moved = np.array([transform.TransformPoint(tuple(p)) for p in points])
+    assert np.linalg.norm(moved - points, axis=1).min() > 1.0  # far from identity: a direction error shows
+    to_moving = node.GetTransformFromParent().TransformPoint
+    assert slicer_support.transform_discrepancy_mm(from_file, to_moving, points) < 1e-3
+    assert slicer_support.transform_discrepancy_mm(transform, to_moving, points) < 1e-3
+    to_fixed = node.GetTransformToParent().TransformPoint  # Slicer inverts the grid numerically
+    back = np.array([slicer_support.ras_to_lps(to_fixed(tuple(slicer_support.lps_to_ras(q)))) for q in moved])
+    assert np.abs(back - points).max() < 0.05
+    resampled = sitk.Resample(_image(np.random.default_rng(2).random(SHAPE)), reference, from_file)
+    assert sitk.GetArrayViewFromImage(resampled).std() > 0  # the file is a usable ITK transform too
+
+
+def test_transform_file_is_compressed(tmp_path):
+    reference = _image(np.zeros((30, 96, 96)))
+    path = slicer_support.write_slicer_transform(_known_transform(reference), reference, tmp_path)
+    uncompressed = 24 * int(np.prod(reference.GetSize()))  # ITK's .h5: three float64 per voxel
+    assert path.suffix == ".nrrd" and path.stat().st_size < uncompressed / 2  # float32 + gzip: 0.45 here
+
+
+def test_hardening_gives_the_cores_aligned_volume(slicer_env, tiny_weights):
+    pair = phantom_pair("CT", shape=SHAPE, seed=5)
+    fixed_image, moving_image = _image(pair.mri), _image(pair.other)
+    shift = sitk.TranslationTransform(3, (4.5, -3.0, 0.0))
+    moving_image = sitk.Resample(moving_image, moving_image, shift, sitk.sitkLinear, float(pair.other.min()))
+    fixed, moving = _push(slicer_env, fixed_image, "MRI"), _push(slicer_env, moving_image, "CT")
+    logic = slicer_env.bsa.BSAFusionLogic()
+    nodes, result = logic.process(fixed, moving, "CT", weights=tiny_weights["CT"], device="cpu", harden=True)
+    assert moving.GetParentTransformNode() is None and nodes["transform"].GetScene() is slicer_env.slicer.mrmlScene
+    hardened = logic.pullVolume(moving)  # Slicer resampled it through the transform, on a grid of its choice
+    on_fixed = sitk.GetArrayFromImage(sitk.Resample(hardened, fixed_image, sitk.Transform(), sitk.sitkLinear))
+    aligned = sitk.GetArrayFromImage(result.aligned)
+    core = (slice(1, -1), slice(6, -6), slice(6, -6))  # away from the border, where fill values differ
+    assert _ncc(on_fixed[core], aligned[core]) > 0.99
+    assert _ncc(sitk.GetArrayFromImage(moving_image)[core], aligned[core]) < 0.99  # hardening did something
+
+
+def test_saved_scene_reloads_with_the_transform_and_its_references(slicer_env, tiny_weights, tmp_path):
+    _, fixed, moving, nodes, result = _run(slicer_env, "CT", tiny_weights)
+    slicer = slicer_env.slicer
+    bundle = tmp_path / "scene.mrb"
+    assert slicer.util.saveScene(str(bundle))
+    application = slicer.vtkSlicerApplicationLogic()
+    reloaded = slicer.vtkMRMLScene()
+    application.SetMRMLScene(reloaded)
+    (tmp_path / "unpacked").mkdir()
+    assert application.OpenSlicerDataBundle(str(bundle), str(tmp_path / "unpacked"))
+    transform = reloaded.GetFirstNodeByName("CT BSAFusion transform")
+    assert transform is not None and transform.GetTransformFromParent() is not None
+    role = slicer.vtkMRMLTransformNode
+    assert transform.GetNodeReference(role.GetFixedNodeReferenceRole()).GetName() == "MRI"
+    assert transform.GetNodeReference(role.GetMovingNodeReferenceRole()).GetName() == "CT"
+    assert reloaded.GetFirstNodeByName("CT").GetParentTransformNode() is transform
+    points = slicer_support.sample_points(result.aligned, count=10, on_grid=True)
+    assert slicer_support.transform_discrepancy_mm(
+        result.transform, transform.GetTransformFromParent().TransformPoint, points) < 1e-3
+    assert transform.GetStorageNode().GetFileName().endswith(".nrrd")
 
 
 def test_rerun_reuses_output_nodes_and_replaces_one_of_the_wrong_class(slicer_env, tiny_weights):
     logic, fixed, moving, nodes, _ = _run(slicer_env, "CT", tiny_weights)
     scene = slicer_env.slicer.mrmlScene
-    transforms_before = len(scene.GetNodesByClass("vtkMRMLTransformNode"))
     again, _ = logic.process(fixed, moving, "PET", weights=tiny_weights["PET"], device="cpu", prealign=False,
                              outputs=nodes, ownTransformNode=nodes["transform"])
     assert again["transform"] is nodes["transform"] and again["aligned"] is nodes["aligned"]
-    assert len(scene.GetNodesByClass("vtkMRMLTransformNode")) == transforms_before  # loaded copy removed
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTransformNode") == 1
     assert again["fused"] is not nodes["fused"] and again["fused"].GetClassName() == "vtkMRMLVectorVolumeNode"
     assert nodes["fused"].GetScene() is scene  # the user's old grey node is left alone
     assert moving.GetParentTransformNode() is nodes["transform"]
 
 
-def test_harden_resamples_the_moving_volume_and_keeps_the_transform(slicer_env, tiny_weights):
-    _, _, moving, nodes, result = _run(slicer_env, "CT", tiny_weights, harden=True)
-    assert moving.GetParentTransformNode() is None and nodes["transform"].GetScene() is not None
-    assert slicer_env.rec.of("hardenTransform") == [("CT",)]
+def test_options_left_out_take_the_cores_defaults_and_chosen_ones_reach_it(slicer_env, tiny_weights, monkeypatch):
+    import inspect
+
+    from bsafusion.volume import register_and_fuse_volumes
+
+    fixed, moving = _push_pair(slicer_env, "CT")
+    logic = slicer_env.bsa.BSAFusionLogic()
+    calls = []
+    monkeypatch.setattr(slicer_support, "register_and_fuse_volumes", lambda *a, **k: calls.append(k))
+    logic.compute(logic.prepare(fixed, moving, "CT", weights=tiny_weights["CT"]))
+    logic.compute(logic.prepare(fixed, moving, "CT", weights=tiny_weights["CT"], device="cpu", prealign=False,
+                                axis="coronal", refineSteps=0))
+    chosen = {k: calls[1][k] for k in ("device", "prealign", "axis", "refine_steps")}
+    assert chosen == {"device": "cpu", "prealign": False, "axis": "coronal", "refine_steps": 0}
+    assert not {"device", "prealign", "axis", "refine_steps", "batch_size"} & set(calls[0])
+    core = inspect.signature(register_and_fuse_volumes).parameters
+    gui = slicer_env.bsa.BSAFusionParameterNode.allParameters  # the GUI needs values: they must be the core's
+    assert (gui["device"][2], gui["prealign"][2], gui["sliceAxis"][2]) == (
+        core["device"].default, core["prealign"].default, core["axis"].default)
+    assert gui["refineSteps"][2] < 0 and core["refine_steps"].default is None  # "modality default"
 
 
 def test_volumes_under_another_transform_are_refused(slicer_env, tiny_weights):
@@ -327,19 +477,31 @@ def test_volumes_under_another_transform_are_refused(slicer_env, tiny_weights):
         logic.prepare(fixed, moving, "CT", weights=tiny_weights["CT"], ownTransformNode=other)
 
 
-def test_bad_parameters_fail_before_any_volume_is_read(slicer_env, tmp_path):
+def test_bad_parameters_fail_before_any_volume_is_read(slicer_env, tiny_weights, tmp_path, monkeypatch):
     from bsafusion.errors import InputError
 
     fixed, moving = _push_pair(slicer_env, "CT")
     logic = slicer_env.bsa.BSAFusionLogic()
-    pulls = len(slicer_env.rec.of("pull"))
+    pulls = []
+    monkeypatch.setattr(logic, "pullVolume", lambda node: pulls.append(node))
     with pytest.raises(InputError, match="missing.pt"):
         logic.prepare(fixed, moving, "CT", weights=tmp_path / "missing.pt")
+    with pytest.raises(InputError, match="refinement steps"):
+        logic.prepare(fixed, moving, "CT", weights=tiny_weights["CT"], refineSteps=-2)
     with pytest.raises(ValueError, match="same node"):
         logic.prepare(fixed, fixed, "CT")
     with pytest.raises(ValueError, match="select a fixed"):
         logic.prepare(None, moving, "CT")
-    assert len(slicer_env.rec.of("pull")) == pulls
+    assert pulls == []
+
+
+def _layers(env) -> list[tuple]:
+    """(background name, foreground name, foreground opacity) of each real slice composite node."""
+    scene = env.slicer.mrmlScene
+    name = lambda node_id: scene.GetNodeByID(node_id).GetName() if node_id else None  # noqa: E731
+    return [(name(c.GetBackgroundVolumeID()), name(c.GetForegroundVolumeID()), c.GetForegroundOpacity())
+            for c in (scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                      for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")))]
 
 
 def test_views_layout_links_and_layers(slicer_env, tiny_weights):
@@ -347,20 +509,21 @@ def test_views_layout_links_and_layers(slicer_env, tiny_weights):
     slicer = slicer_env.slicer
     logic.setupViews()
     assert slicer_env.rec.of("setLayout") == [(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView,)]
-    composites = slicer.mrmlScene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    assert len(composites) == 3 and all(c.GetLinkedControl() for c in composites)
+    scene = slicer.mrmlScene
+    assert all(scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode").GetLinkedControl() for i in range(3))
     logic.showOverlay(fixed, moving, 0.3)
-    assert all((c.background, c.foreground, c.foreground_opacity) == (fixed.GetID(), moving.GetID(), 0.3)
-               for c in composites)
+    assert _layers(slicer_env) == [("MRI", "CT", 0.3)] * 3
     logic.showCheckerboard(nodes["checkerboard"])
-    assert all((c.background, c.foreground) == (nodes["checkerboard"].GetID(), None) for c in composites)
+    assert _layers(slicer_env) == [("CT BSAFusion checkerboard", None, 0.3)] * 3
     logic.showJacobian(fixed, nodes["jacobian"])
-    assert all(c.foreground == nodes["jacobian"].GetID() for c in composites)
+    assert _layers(slicer_env) == [("MRI", "CT BSAFusion jacobian", 0.6)] * 3
     logic.showFused(nodes["fused"])
-    assert all((c.background, c.foreground) == (nodes["fused"].GetID(), None) for c in composites)
+    assert _layers(slicer_env)[0][:2] == ("CT BSAFusion fused", None)
 
 
 def test_views_without_a_main_window():
+    if not slicer_standin.available():
+        pytest.skip("needs slicer-core (pip install -e 'BSAFusionCore[slicer-test]')")
     recorder = slicer_standin.install(headless=True)
     try:
         bsa = _import_module("BSAFusion")
@@ -371,12 +534,13 @@ def test_views_without_a_main_window():
         slicer_standin.uninstall()
 
 
-# ----------------------------------------------------------------------- widget (stand-in)
+# ------------------------------------------------------- widget (real scene, stand-in Qt)
 
 
 def _widget(env, modality, weights, moving_array=None):
     widget = env.bsa.BSAFusionWidget(types.SimpleNamespace(isEntered=True))
     widget.setup()
+    env.widgets.append(widget)
     fixed, moving = _push_pair(env, modality, moving=moving_array)
     pn = widget._parameterNode
     pn.fixedVolume, pn.movingVolume, pn.modality = fixed, moving, modality
@@ -404,7 +568,7 @@ def test_widget_runs_the_core_in_the_background_and_loads_results(slicer_env, ti
     assert widget._job is not None and widget._pollTimer.isActive()
     assert not widget.ui.runButton.enabled and widget.ui.cancelButton.enabled
     assert not widget.ui.inputsCollapsibleButton.enabled
-    assert slicer_env.rec.of("loadTransform") == []  # nothing touches the scene before the job ends
+    assert slicer_env.slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTransformNode") == 0  # not before the end
     shown = _poll_until_done(widget)
     assert shown[-1] == 100 and shown == sorted(shown)
     assert widget.ui.statusLabel.text.startswith("Done: inverse consistency")
@@ -412,20 +576,19 @@ def test_widget_runs_the_core_in_the_background_and_loads_results(slicer_env, ti
     assert moving.GetParentTransformNode() is pn.outputTransform is not None
     assert pn.fusedVolume is not None and pn.checkerboardVolume is not None and pn.jacobianVolume is not None
     assert slicer_env.rec.of("errorDisplay") == []
-    layers = slicer_env.rec.of("sliceLayers")[-1][0]
-    assert (layers["background"], layers["foreground"]) == ("MRI", "CT")
+    assert _layers(slicer_env)[0][:2] == ("MRI", "CT")
     assert widget.ui.runButton.enabled and widget.ui.checkerboardButton.enabled and not widget.ui.cancelButton.enabled
     assert not widget._pollTimer.isActive()
 
 
 def test_widget_cancel_leaves_the_scene_unchanged(slicer_env, tiny_weights):
     widget, fixed, moving = _widget(slicer_env, "CT", tiny_weights)
-    nodes_before = len(slicer_env.slicer.mrmlScene.nodes())
+    nodes_before = slicer_env.slicer.mrmlScene.GetNumberOfNodes()
     widget.ui.runButton.emit("clicked(bool)", False)
     widget.ui.cancelButton.emit("clicked(bool)", False)
     _poll_until_done(widget)
     assert widget.ui.statusLabel.text.startswith("Cancelled")
-    assert len(slicer_env.slicer.mrmlScene.nodes()) == nodes_before
+    assert slicer_env.slicer.mrmlScene.GetNumberOfNodes() == nodes_before
     assert moving.GetParentTransformNode() is None and widget._parameterNode.outputTransform is None
     assert slicer_env.rec.of("errorDisplay") == [] and widget.ui.runButton.enabled
 
@@ -453,7 +616,7 @@ def test_widget_fade_flicker_and_one_click_views(slicer_env, tiny_weights):
     widget, fixed, moving = _widget(slicer_env, "CT", tiny_weights)
     widget.ui.runButton.emit("clicked(bool)", False)
     _poll_until_done(widget)
-    opacity = lambda: slicer_env.rec.of("sliceLayers")[-1][0]["foregroundOpacity"]  # noqa: E731
+    opacity = lambda: _layers(slicer_env)[0][2]  # noqa: E731
     widget.ui.opacitySlider.emit("valueChanged(double)", 0.3)
     assert opacity() == 0.3
     widget._parameterNode.foregroundOpacity = 0.3
@@ -465,13 +628,11 @@ def test_widget_fade_flicker_and_one_click_views(slicer_env, tiny_weights):
     assert opacity() == 1.0
     widget.ui.checkerboardButton.emit("clicked(bool)", False)  # any other view stops flickering
     assert not widget._flickerTimer.isActive() and not widget.ui.flickerButton.checked
-    layers = slicer_env.rec.of("sliceLayers")[-1][0]
-    assert layers["background"] == "CT BSAFusion checkerboard" and layers["foreground"] is None
-    assert 0.3 in [e[0]["foregroundOpacity"] for e in slicer_env.rec.of("sliceLayers")[-3:]]  # fade restored
+    assert _layers(slicer_env) == [("CT BSAFusion checkerboard", None, 0.3)] * 3  # fade restored
     widget.ui.jacobianButton.emit("clicked(bool)", False)
-    assert slicer_env.rec.of("sliceLayers")[-1][0]["foreground"] == "CT BSAFusion jacobian"
+    assert _layers(slicer_env)[0][1] == "CT BSAFusion jacobian"
     widget.ui.fusedButton.emit("clicked(bool)", False)
-    assert slicer_env.rec.of("sliceLayers")[-1][0]["background"] == "CT BSAFusion fused"
+    assert _layers(slicer_env)[0][0] == "CT BSAFusion fused"
     widget.ui.layoutButton.emit("clicked(bool)", False)
     assert slicer_env.rec.of("setLayout")
 

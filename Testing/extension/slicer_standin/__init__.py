@@ -1,45 +1,35 @@
-"""A STAND-IN for the few 3D Slicer APIs the BSAFusion module calls. THIS IS NOT SLICER.
+"""A STAND-IN for the parts of 3D Slicer that slicer-core lacks. THE SCENE IS REAL.
 
 Why it exists
 -------------
-3D Slicer cannot be installed on the machines that run our CI, yet the scripted module
-(``BSAFusionExtension/BSAFusion/BSAFusion.py``) should not reach users with wiring mistakes: a
-colour volume pushed into a scalar node, a transform that is never set as the moving volume's
-parent, an output that is never created, a widget name the code uses but the ``.ui`` file lacks.
-This package replaces ``slicer``, ``slicer.util``, ``slicer.ScriptedLoadableModule``,
-``slicer.parameterNodeWrapper``, ``qt``, ``ctk``, ``vtk`` and ``sitkUtils`` in ``sys.modules``
-with small Python imitations that **record** what the module does (nodes created, references,
-parent transforms, display settings, dialogs, pip installs, view layers), so tests can assert on
-it.
+The PyPI package ``slicer-core`` (the ``slicer-test`` extra of BSAFusionCore) gives a headless
+``import slicer`` with Slicer's real MRML library: the scene, every ``vtkMRML*`` node class,
+storage nodes, ``vtkSlicerTransformLogic``, ``slicer.util``'s array and node helpers, and real
+VTK. It has no application: no ``slicer.app``, no Qt, no ``ScriptedLoadableModule``, no
+``parameterNodeWrapper``. This package fills exactly those gaps so that the scripted module
+(``BSAFusionExtension/BSAFusion/BSAFusion.py``) imports and runs on the real scene:
 
-What it imitates, and how faithfully
-------------------------------------
-* MRML nodes and the scene (:mod:`.mrml`): node classes with Slicer's names and inheritance
-  (``vtkMRMLVectorVolumeNode`` is a ``vtkMRMLScalarVolumeNode``...), IDs, names, node
-  references, parent transforms, display nodes. A volume node stores a ``SimpleITK`` image in
-  LPS, as ``sitkUtils`` would hand it over; ``GetIJKToRASMatrix`` converts to RAS as Slicer does.
-* ``slicer.util.loadTransform`` really parses the ITK transform file with SimpleITK and
-  ``GetTransformFromParent().TransformPoint`` maps RAS points through it (LPS flip on both
-  sides), i.e. it assumes Slicer's documented LPS->RAS conversion; it cannot test that Slicer
-  does it.
-* It is **stricter** than Slicer where Slicer would silently do the wrong thing: pushing a
-  3-component image into a scalar node, setting a non-transform node as a parent transform,
-  unknown node classes or colour tables all raise here.
-* Widgets (:mod:`.qt_ctk_vtk`): ``slicer.util.loadUI`` builds one fake widget per named widget of
-  the real ``.ui`` file (attributes only, no drawing), so ``self.ui.<name>`` fails for a name the
-  file lacks; ``qt.QTimer`` only records start/stop: tests call the timer slots themselves.
+* ``slicer.app``: a temporary path and a layout manager that records ``setLayout``;
+* ``slicer.util``'s dialogs (``errorDisplay``, ``confirmOkCancelDisplay``...), ``pip_install``,
+  ``loadUI`` and ``exit`` record what the module asked; ``loadVolume`` and ``saveScene`` (which
+  go through the application's IO manager in Slicer) call the MRML logic the application would
+  end in;
+* ``slicer.ScriptedLoadableModule`` and ``slicer.parameterNodeWrapper``: small imitations; the
+  parameter values live in a real ``vtkMRMLScriptedModuleNode``;
+* ``qt`` and ``ctk`` (:mod:`.qt_ctk`): widgets built from the real ``.ui`` file (attributes
+  only, no drawing); ``qt.QTimer`` only records start/stop: tests call the timer slots.
 * ``cmake/``: a stub of Slicer's CMake package (``SlicerConfig.cmake``) so that real CMake can
-  configure, build and install the extension in CI; its macros check their arguments (listed
-  files exist, metadata set) and record each call.
-* Not imitated at all: rendering, Qt event loop, threads inside Slicer, PythonQt's GIL handling,
-  the real parameter-node GUI connectors, the Extensions Manager. Those are checked by the
-  module's own self-test (``BSAFusionTest``), which runs inside a real Slicer.
+  configure, build and install the extension; its macros check their arguments and record each
+  call.
+
+Not imitated: rendering, the Qt event loop, PythonQt's threads, the real parameter-node GUI
+connectors, the Extensions Manager. The module's self-test (``BSAFusionTest``) checks those
+inside Slicer.
 
 Usage
 -----
 >>> standin = install()          # doctest: +SKIP
->>> import BSAFusion             # doctest: +SKIP  (now imports against the stand-in)
->>> standin.events[-1]           # doctest: +SKIP
+>>> import BSAFusion             # doctest: +SKIP  (now imports against real MRML + the stand-in)
 >>> uninstall()                  # doctest: +SKIP
 """
 
@@ -49,37 +39,44 @@ import sys
 
 from .recorder import Recorder
 
-_MODULE_NAMES = (
-    "slicer", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper",
-    "qt", "ctk", "vtk", "sitkUtils", "PyTorchUtils",
-)
+_MODULE_NAMES = ("slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "qt", "ctk", "PyTorchUtils")
 _saved: dict[str, object] = {}
+_installed: list[object] = []
+
+
+def available() -> bool:
+    """Whether slicer-core's real MRML can be imported (and not the unrelated PyPI ``slicer``)."""
+    try:
+        import slicer
+    except ImportError:
+        return False
+    return hasattr(slicer, "vtkMRMLScene") and hasattr(slicer, "vtkMRMLTransformStorageNode")
 
 
 def install(headless: bool = False) -> Recorder:
-    """Put the stand-in modules into ``sys.modules``; returns the recorder of what happens.
+    """A fresh real scene as ``slicer.mrmlScene``, plus the stand-ins; returns the recorder.
 
-    ``headless=True`` imitates ``Slicer --no-main-window`` (no layout manager).
+    ``headless=True`` imitates ``Slicer --no-main-window`` (no layout manager, no slice views).
     """
-    from . import qt_ctk_vtk, slicer_api, sitkutils
+    from . import qt_ctk, slicer_api
 
     uninstall()
     recorder = Recorder()
-    modules = slicer_api.build(recorder, headless=headless)
-    modules.update(qt_ctk_vtk.build(recorder))
-    modules["sitkUtils"] = sitkutils.build(recorder, modules["slicer"])
+    installed, modules = slicer_api.install(recorder, headless=headless)
+    modules.update(qt_ctk.build(recorder))
     for name in _MODULE_NAMES:
         if name in sys.modules:
-            _saved[name] = sys.modules[name]
-    for name in _MODULE_NAMES:
-        sys.modules.pop(name, None)
+            _saved[name] = sys.modules.pop(name)
     sys.modules.update(modules)
+    _installed.append(installed)
     return recorder
 
 
 def uninstall() -> None:
-    """Remove the stand-in modules (and anything imported against them is the caller's to drop)."""
+    """Undo :func:`install` (anything imported against it is the caller's to drop)."""
     for name in _MODULE_NAMES:
         sys.modules.pop(name, None)
     sys.modules.update(_saved)
     _saved.clear()
+    while _installed:
+        _installed.pop().restore()

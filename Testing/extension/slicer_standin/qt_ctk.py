@@ -1,4 +1,4 @@
-"""Stand-in ``qt``, ``ctk``, ``vtk`` and widgets read from a real ``.ui`` file (NOT Qt/VTK).
+"""Stand-in ``qt``, ``ctk`` and widgets read from a real ``.ui`` file (NOT Qt).
 
 Widgets are plain Python objects holding the properties the module reads or writes; they are
 built from the module's actual Qt Designer file, so a widget the code uses but the file lacks
@@ -152,21 +152,4 @@ def build(recorder: Recorder) -> dict[str, types.ModuleType]:
     ctk = types.ModuleType("ctk")
     ctk.__doc__ = "STAND-IN for ctk (tests only)."
 
-    vtk = types.ModuleType("vtk")
-    vtk.__doc__ = "STAND-IN for vtk (tests only)."
-
-    class vtkCommand:
-        ModifiedEvent = 33
-
-    class vtkMatrix4x4:
-        def __init__(self) -> None:
-            self._m = [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]
-
-        def SetElement(self, i: int, j: int, value: float) -> None:
-            self._m[i][j] = float(value)
-
-        def GetElement(self, i: int, j: int) -> float:
-            return self._m[i][j]
-
-    vtk.vtkCommand, vtk.vtkMatrix4x4 = vtkCommand, vtkMatrix4x4
-    return {"qt": qt, "ctk": ctk, "vtk": vtk}
+    return {"qt": qt, "ctk": ctk}

@@ -1,4 +1,4 @@
-"""What the module did to the stand-in Slicer, in order, plus the answers its dialogs get."""
+"""What the module asked of the stand-in parts of Slicer, in order, plus the answers its dialogs get."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ class Recorder:
 
     events: list[tuple[Any, ...]] = field(default_factory=list)
     confirm_answer: bool = True
-    scene: Any = None  # the stand-in vtkMRMLScene, set by slicer_api.build
 
     def record(self, kind: str, *details: Any) -> None:
         self.events.append((kind, *details))

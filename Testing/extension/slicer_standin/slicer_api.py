@@ -1,9 +1,17 @@
-"""Stand-in ``slicer`` package: util, app, ScriptedLoadableModule, parameterNodeWrapper (NOT Slicer)."""
+"""Stand-in for what slicer-core lacks: ``slicer.app``, the Qt dialogs of ``slicer.util``,
+``slicer.ScriptedLoadableModule`` and ``slicer.parameterNodeWrapper`` (NOT Slicer).
+
+Everything else is the real ``slicer`` package of slicer-core: the MRML scene, node classes,
+storage nodes, ``vtkSlicerTransformLogic``, ``slicer.util``'s array and node helpers, real VTK.
+The functions of ``slicer.util`` that need the application are replaced by the calls the
+application would end in: ``loadVolume`` by ``vtkSlicerVolumesLogic.AddArchetypeVolume``,
+``saveScene`` (``.mrb``) by ``vtkSlicerApplicationLogic.SaveSceneToSlicerDataBundleDirectory``
+and ``Zip``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import sys
@@ -13,12 +21,7 @@ import typing
 import unittest
 from typing import Any
 
-import SimpleITK as sitk
-
-from . import mrml
 from .recorder import Recorder
-
-_KEEP = object()  # slicer.util.setSliceViewerLayers' "keep current" marker
 
 
 # --------------------------------------------------------------------------------------------
@@ -26,83 +29,27 @@ _KEEP = object()  # slicer.util.setSliceViewerLayers' "keep current" marker
 # --------------------------------------------------------------------------------------------
 
 
-def _build_util(recorder: Recorder, slicer: types.ModuleType) -> types.ModuleType:
-    util = types.ModuleType("slicer.util")
-    scene = recorder.scene
+def _util_replacements(recorder: Recorder, slicer: types.ModuleType) -> dict[str, Any]:
+    """The ``slicer.util`` functions that need ``slicer.app`` or Qt, as recording stand-ins."""
 
-    class MRMLNodeNotFoundException(Exception):
-        pass
-
-    class VTKObservationMixin:
-        def __init__(self) -> None:
-            self.observations: list[tuple[Any, Any, Any]] = []
-
-        def addObserver(self, obj: Any, event: Any, method: Any, *args: Any) -> None:
-            self.observations.append((obj, event, method))
-
-        def removeObserver(self, obj: Any, event: Any, method: Any) -> None:
-            self.observations = [o for o in self.observations if o != (obj, event, method)]
-
-        def removeObservers(self, *args: Any) -> None:
-            self.observations.clear()
-
-    def loadTransform(path: str) -> mrml.vtkMRMLTransformNode:
-        if not os.path.isfile(path):
+    def loadVolume(path: str, properties: dict | None = None):
+        volumes = slicer.vtkSlicerVolumesLogic()
+        volumes.SetMRMLScene(slicer.mrmlScene)
+        node = volumes.AddArchetypeVolume(str(path), pathlib.Path(path).name.split(".")[0])
+        if node is None:
             raise RuntimeError(f"Failed to load node from file: {path}")
-        node = scene.AddNewNodeByClass("vtkMRMLTransformNode", pathlib.Path(path).name.split(".")[0])
-        node.itk_transform = sitk.ReadTransform(str(path))  # a real parse of the ITK file
-        recorder.record("loadTransform", str(path))
-        return node
-
-    def loadVolume(path: str, properties: dict | None = None) -> mrml.vtkMRMLVolumeNode:
-        if not os.path.exists(path):
-            raise RuntimeError(f"Failed to load node from file: {path}")
-        image = sitk.ReadImage(str(path))
-        cls = "vtkMRMLVectorVolumeNode" if image.GetNumberOfComponentsPerPixel() > 1 else "vtkMRMLScalarVolumeNode"
-        node = scene.AddNewNodeByClass(cls, pathlib.Path(path).name.split(".")[0])
-        node.CreateDefaultDisplayNodes()
-        node.image = image
         recorder.record("loadVolume", str(path))
         return node
 
     def saveScene(path: str, properties: dict | None = None) -> bool:
-        listing = [{"class": n.GetClassName(), "name": n.GetName(), "id": n.GetID()} for n in scene.nodes()]
-        pathlib.Path(path).write_text(json.dumps({"stand-in scene": listing}, indent=1))
+        application = slicer.vtkSlicerApplicationLogic()
+        application.SetMRMLScene(slicer.mrmlScene)
+        with tempfile.TemporaryDirectory(prefix="slicer-standin-mrb-") as tmp:
+            bundle = os.path.join(tmp, pathlib.Path(path).stem)
+            os.makedirs(bundle)
+            saved = application.SaveSceneToSlicerDataBundleDirectory(bundle) and application.Zip(str(path), bundle)
         recorder.record("saveScene", str(path))
-        return True
-
-    def arrayFromVolume(node: mrml.vtkMRMLVolumeNode):
-        return sitk.GetArrayFromImage(node.image)
-
-    def getNodesByClass(class_name: str) -> list[mrml.vtkMRMLNode]:
-        return scene.GetNodesByClass(class_name)
-
-    def getNode(name: str) -> mrml.vtkMRMLNode:
-        for node in scene.nodes():
-            if node.GetName() == name or node.GetID() == name:
-                return node
-        raise MRMLNodeNotFoundException(name)
-
-    def setSliceViewerLayers(background: Any = _KEEP, foreground: Any = _KEEP, label: Any = _KEEP,
-                             foregroundOpacity: float | None = None, labelOpacity: float | None = None,
-                             fit: bool = False, rotateToVolumePlane: bool = False) -> None:
-        for layer in (background, foreground, label):
-            if layer is not _KEEP and layer is not None:
-                if not isinstance(layer, mrml.vtkMRMLVolumeNode) or layer.GetScene() is not scene:
-                    raise TypeError(f"stand-in: slice view layer must be a volume node in the scene, got {layer!r}")
-        for composite in scene.GetNodesByClass("vtkMRMLSliceCompositeNode"):
-            if background is not _KEEP:
-                composite.background = background.GetID() if background is not None else None
-            if foreground is not _KEEP:
-                composite.foreground = foreground.GetID() if foreground is not None else None
-            if foregroundOpacity is not None:
-                composite.foreground_opacity = float(foregroundOpacity)
-        recorder.record("sliceLayers", {
-            "background": None if background is _KEEP or background is None else background.GetName(),
-            "foreground": None if foreground is _KEEP or foreground is None else foreground.GetName(),
-            "keepBackground": background is _KEEP, "keepForeground": foreground is _KEEP,
-            "foregroundOpacity": foregroundOpacity,
-        })
+        return bool(saved)
 
     def errorDisplay(text: str, windowTitle: str | None = None, parent: Any = None, standardButtons: Any = None,
                      **kwargs: Any) -> None:
@@ -125,17 +72,15 @@ def _build_util(recorder: Recorder, slicer: types.ModuleType) -> types.ModuleTyp
         raise SystemExit(status)
 
     def loadUI(path: str):
-        from .qt_ctk_vtk import widgets_from_ui
+        from .qt_ctk import widgets_from_ui
 
         return widgets_from_ui(path)
 
     def childWidgetVariables(root: Any):
         return root.children_namespace()
 
-    for name, value in list(locals().items()):
-        if not name.startswith("_") and name not in ("util", "scene", "recorder", "slicer"):
-            setattr(util, name, value)
-    return util
+    return {name: value for name, value in locals().items() if callable(value) and name[0].islower()
+            and name not in ("recorder", "slicer")}
 
 
 def _snapshot(requirements: Any) -> list[str]:
@@ -154,9 +99,8 @@ def _snapshot(requirements: Any) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _build_scripted(recorder: Recorder) -> types.ModuleType:
+def _build_scripted(recorder: Recorder, slicer: types.ModuleType) -> types.ModuleType:
     module = types.ModuleType("slicer.ScriptedLoadableModule")
-    scene = recorder.scene
 
     class ScriptedLoadableModule:
         def __init__(self, parent: Any) -> None:
@@ -188,8 +132,10 @@ def _build_scripted(recorder: Recorder) -> types.ModuleType:
         def __init__(self, parent: Any = None) -> None:
             self.moduleName = type(self).__name__[: -len("Logic")]
 
-        def getParameterNode(self) -> mrml.vtkMRMLScriptedModuleNode:
-            for node in scene.GetNodesByClass("vtkMRMLScriptedModuleNode"):
+        def getParameterNode(self):
+            scene = slicer.mrmlScene
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode")):
+                node = scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
                 if node.GetAttribute("ModuleName") == self.moduleName:
                     return node
             node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", self.moduleName)
@@ -211,7 +157,7 @@ def _build_scripted(recorder: Recorder) -> types.ModuleType:
 # --------------------------------------------------------------------------------------------
 
 
-def _build_wrapper() -> types.ModuleType:
+def _build_wrapper(slicer: types.ModuleType) -> types.ModuleType:
     module = types.ModuleType("slicer.parameterNodeWrapper")
 
     @dataclasses.dataclass
@@ -236,7 +182,7 @@ def _build_wrapper() -> types.ModuleType:
         return hint, ()
 
     def _is_node_type(base: Any) -> bool:
-        return isinstance(base, type) and issubclass(base, mrml.vtkMRMLNode)
+        return isinstance(base, type) and issubclass(base, slicer.vtkMRMLNode)
 
     def parameterNodeWrapper(cls: type) -> type:
         hints = typing.get_type_hints(cls, include_extras=True)
@@ -276,7 +222,7 @@ def _build_wrapper() -> types.ModuleType:
 
             allParameters = specs
 
-            def __init__(self, node: mrml.vtkMRMLScriptedModuleNode) -> None:
+            def __init__(self, node: Any) -> None:
                 object.__setattr__(self, "parameterNode", node)
                 for name, (_, _, default) in specs.items():
                     if name not in node.GetParameterNames() and node.GetNodeReferenceID(name) is None:
@@ -304,6 +250,12 @@ def _build_wrapper() -> types.ModuleType:
                 else:
                     node.SetParameter(name, ("true" if value else "false") if isinstance(value, bool) else str(value))
 
+            def AddObserver(self, event: Any, method: Any, priority: float = 0.0) -> int:
+                return self.parameterNode.AddObserver(event, method, priority)
+
+            def RemoveObserver(self, tag: int) -> None:
+                self.parameterNode.RemoveObserver(tag)
+
             def connectGui(self, ui: Any) -> str:
                 return "gui-tag"
 
@@ -324,19 +276,44 @@ def _build_wrapper() -> types.ModuleType:
 # --------------------------------------------------------------------------------------------
 
 
-def build(recorder: Recorder, headless: bool = False) -> dict[str, types.ModuleType]:
-    slicer = types.ModuleType("slicer")
-    slicer.__path__ = []  # a package, so "from slicer.util import ..." works
-    slicer.__doc__ = "STAND-IN for 3D Slicer's slicer package (tests only; see slicer_standin)."
-    recorder.scene = mrml.vtkMRMLScene(recorder, with_views=not headless)
-    slicer.mrmlScene = recorder.scene
-    for name in dir(mrml):
-        if name.startswith("vtkMRML"):
-            setattr(slicer, name, getattr(mrml, name))
+class Installed:
+    """What :func:`install` changed in the real ``slicer`` package, so :meth:`restore` can undo it."""
+
+    def __init__(self, slicer: types.ModuleType, replaced: dict[tuple[Any, str], Any]) -> None:
+        self.slicer, self.replaced = slicer, replaced
+
+    def restore(self) -> None:
+        for (owner, name), value in self.replaced.items():
+            if value is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+
+
+_MISSING = object()
+
+
+def install(recorder: Recorder, headless: bool = False) -> tuple[Installed, dict[str, types.ModuleType]]:
+    """Give the real ``slicer`` package a fresh scene and the stand-ins; returns the undo and new modules.
+
+    ``headless=True`` imitates ``Slicer --no-main-window`` (no layout manager, no slice views).
+    """
+    import slicer
+    import slicer.util
+
+    scene = slicer.vtkMRMLScene()
+    if not headless:
+        for _ in range(3):  # the Red, Yellow and Green slice views' composite nodes
+            scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
 
     class _LayoutManager:
         def setLayout(self, layout: int) -> None:
             recorder.record("setLayout", layout)
+
+        def mrmlSliceLogics(self):
+            import vtk
+
+            return vtk.vtkCollection()  # no rendered views: nothing to fit
 
     class _App:
         temporaryPath = tempfile.mkdtemp(prefix="slicer-standin-")
@@ -347,24 +324,15 @@ def build(recorder: Recorder, headless: bool = False) -> dict[str, types.ModuleT
         def processEvents(self) -> None:
             pass
 
-    class vtkSlicerTransformLogic:
-        def hardenTransform(self, node: mrml.vtkMRMLVolumeNode) -> None:
-            parent = node.GetParentTransformNode()
-            if parent is None:
-                return
-            node.image = sitk.Resample(node.image, node.image, parent.itk_transform, sitk.sitkLinear, 0.0)
-            node.SetAndObserveTransformNodeID(None)
-            recorder.record("hardenTransform", node.GetName())
-
-    slicer.app = _App()
-    slicer.vtkSlicerTransformLogic = vtkSlicerTransformLogic
-    slicer.modules = types.SimpleNamespace()
-    slicer.util = _build_util(recorder, slicer)
-    slicer.ScriptedLoadableModule = _build_scripted(recorder)
-    slicer.parameterNodeWrapper = _build_wrapper()
-    return {
-        "slicer": slicer,
-        "slicer.util": slicer.util,
-        "slicer.ScriptedLoadableModule": slicer.ScriptedLoadableModule,
-        "slicer.parameterNodeWrapper": slicer.parameterNodeWrapper,
-    }
+    scripted, wrapper = _build_scripted(recorder, slicer), _build_wrapper(slicer)
+    changes: dict[tuple[Any, str], Any] = {(slicer, "mrmlScene"): scene, (slicer, "app"): _App(),
+                                           (slicer, "modules"): types.SimpleNamespace(),
+                                           (slicer, "ScriptedLoadableModule"): scripted,
+                                           (slicer, "parameterNodeWrapper"): wrapper}
+    changes.update({(slicer.util, name): f for name, f in _util_replacements(recorder, slicer).items()})
+    replaced = {}
+    for (owner, name), value in changes.items():
+        replaced[(owner, name)] = getattr(owner, name, _MISSING)
+        setattr(owner, name, value)
+    return Installed(slicer, replaced), {"slicer.ScriptedLoadableModule": scripted,
+                                         "slicer.parameterNodeWrapper": wrapper}

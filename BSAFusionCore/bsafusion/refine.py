@@ -60,6 +60,7 @@ class RefineSettings:
     smoothness: float = 1.0
     lr: float = 0.01
     size: int = 128
+    use_translation: bool = True  # LNCC to B_hat when the network gives one; False: MIND always
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -95,7 +96,7 @@ def refine_field(
 
     ``fixed`` and ``moving`` are ``(N, 1, H, W)`` in [0, 1]; ``translation`` (optional, same
     shape) is the fixed image in the moving modality, which switches the similarity from MIND
-    to LNCC against it. Returns a field of the same shape and convention
+    to LNCC against it (unless ``settings.use_translation`` is off). Returns a field of the same shape and convention
     (:mod:`bsafusion.deform`); the input field is not modified. Pairs are optimised jointly but
     independently (their losses add, their parameters do not interact). Runs with gradients
     enabled even when called under ``torch.no_grad()``.
@@ -109,7 +110,7 @@ def refine_field(
     with torch.enable_grad():
         moving_s = _downsample(moving.detach(), settings.size)
         start = resize_field(field.detach(), small)
-        if translation is not None:
+        if translation is not None and settings.use_translation:
             reference = _downsample(translation.detach(), settings.size)
 
             def dissimilarity(moved: torch.Tensor) -> torch.Tensor:

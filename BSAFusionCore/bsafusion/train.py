@@ -409,12 +409,16 @@ def validate(
             true_field = item["field"].numpy()
             epe = np.sqrt(((pred.field_ba[0].cpu().numpy() - true_field) ** 2).sum(axis=0)).mean()
             registered, unregistered = ncc(aligned, truth), ncc(unaligned, truth)
+            translated = np.nan if pred.translation is None else ncc(pred.translation[0, 0].cpu().numpy(), truth)
             rows.append((registered, unregistered, epe, np.sqrt((true_field**2).sum(axis=0)).mean(),
-                         float(registered > unregistered), q_abf(pred.fused[0, 0].cpu().numpy(), item["fixed"][0].numpy(), aligned)))
+                         float(registered > unregistered), q_abf(pred.fused[0, 0].cpu().numpy(), item["fixed"][0].numpy(), aligned),
+                         translated))
         m = np.mean(rows, axis=0)
         out.update({f"{mod}_ncc": m[0], f"{mod}_ncc_unregistered": m[1], f"{mod}_epe": m[2],
                     f"{mod}_epe_unregistered": m[3], f"{mod}_better": m[4], f"{mod}_qabf": m[5],
                     f"{mod}_score": m[0] + m[5]})
+        if pred.translation is not None:
+            out[f"{mod}_translation_ncc"] = m[6]
     return {k: float(v) for k, v in out.items()}
 
 

@@ -1,5 +1,7 @@
 """BSFA-F blocks: shapes, value ranges, field composition and the ablation switches."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +171,46 @@ def test_translator_feeds_the_registration_and_learns_only_from_its_own_loss():
     assert "translation" in terms
     terms["total"].backward()
     assert any(p.grad is not None and p.grad.any() for p in model.translator.parameters())
+
+
+def test_block_matching_finds_a_known_shift():
+    from bsafusion.model.bsfa import MatchingPrior, block_matching, expected_shift
+
+    g = torch.Generator().manual_seed(3)
+    own = torch.rand(1, 4, 40, 40, generator=g)
+    other = torch.roll(own, shifts=(1, 2), dims=(2, 3))  # other(p + (2, 1)) = own(p)
+    shift, confidence = expected_shift(block_matching(own, other, radius=3), 3, torch.tensor(1000.0))
+    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))
+    assert torch.allclose(shift[inner][:, 0], torch.tensor(2.0), atol=0.05)  # x
+    assert torch.allclose(shift[inner][:, 1], torch.tensor(1.0), atol=0.05)  # y
+    assert confidence[inner].min() > 0.9
+    # moving own half-way towards other is the pull velocity -shift / 2
+    prior = MatchingPrior(radius=3, smoothing=1)
+    with torch.no_grad():
+        prior.log_beta.fill_(math.log(1000.0))
+        _, velocity = prior(own, other)
+    assert float(velocity[inner][:, 0].mean()) == pytest.approx(-0.5 * float(shift[inner][:, 0].mean()), rel=0.2)
+
+
+def test_matching_registers_before_training_when_the_translation_is_exact():
+    from bsafusion.deform import random_elastic_field
+    from bsafusion.phantom import phantom_pair
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY.to_dict(), "pyramid_channels": TINY.pyramid_channels, "img_size": 128,
+                         "translation": True, "matching": True})
+    model = BSFAF(cfg).eval()
+    pair = phantom_pair("CT", (128, 128), seed=2)
+    truth = torch.from_numpy(pair.other.astype(np.float32))[None, None]
+    deformation = torch.from_numpy(random_elastic_field((128, 128), np.random.default_rng(4), 5.0, 0.125))[None]
+    moving = warp(truth, deformation, padding="border")
+    model.translator.forward = lambda image_a, tokens: truth  # an exact B_hat
+    with torch.no_grad():
+        out = model(torch.from_numpy(pair.mri.astype(np.float32))[None, None], moving)
+    from bsafusion.deform import invert
+
+    target = invert(deformation, iterations=40)
+    head = torch.from_numpy(pair.labels > 0)
+    before = target.norm(dim=1)[0][head].mean()
+    after = (out.field_ba - target).norm(dim=1)[0][head].mean()
+    assert after < 0.5 * before, (float(before), float(after))

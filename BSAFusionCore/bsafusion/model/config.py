@@ -49,6 +49,8 @@ class ModelConfig:
     translation: decode ``B_hat`` (A in B's modality, :mod:`bsafusion.model.translation`) from
         A's alignment features; with ``mind_guidance`` the A side of the MIND evidence is then
         ``B_hat`` instead of A, so the registration layers compare like with like.
+    matching: block matching of those MIND descriptors gives every registration layer a
+        starting velocity and its evidence (:class:`~bsafusion.model.bsfa.MatchingPrior`).
     exchange: inject each image's MFRH into the other's tokens (MDF-FR exchange).
     bsfa: stepwise bidirectional alignment; ``False`` predicts one field in one step.
     frl, rrl: forward (A -> middle) and reverse (B -> middle) registration layers.
@@ -67,6 +69,7 @@ class ModelConfig:
     correlation_radius: int = 3
     mind_guidance: bool = True
     translation: bool = False
+    matching: bool = False
     exchange: bool = True
     bsfa: bool = True
     frl: bool = True
@@ -78,6 +81,8 @@ class ModelConfig:
             raise ValueError("patch_size must be divisible by 2**(len(pyramid_channels) - 1)")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.matching and not self.mind_guidance:
+            raise ValueError("matching needs mind_guidance (it matches the MIND descriptors)")
         if not (self.frl or self.rrl):
             raise ValueError("at least one of frl / rrl must be enabled")
 

@@ -53,7 +53,7 @@ class BSFAF(nn.Module):
         self.bsfa = BSFA(self.cfg)
         self.mmff = MMFF(self.cfg)
         self.translator = (
-            ModalityTranslator(self.cfg.pyramid_channels[-1], self.cfg.channels) if self.cfg.translation else None
+            ModalityTranslator(self.cfg.channels, self.cfg.embed_dim, self.cfg.patch_size) if self.cfg.translation else None
         )
 
     def forward(
@@ -84,7 +84,7 @@ class BSFAF(nn.Module):
         translation = None
         guide_a = fixed
         if self.translator is not None:
-            translation = self.translator(pyramid[-1][:n], enc.deep[:n])
+            translation = self.translator(fixed, token_map[:n])
             # detached: the translation learns from its own loss, not by bending towards
             # whatever makes the registration loss smaller
             guide_a = translation.detach()

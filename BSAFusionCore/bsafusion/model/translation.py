@@ -1,22 +1,26 @@
 """Modality translation: the fixed image re-expressed in the moving image's modality.
 
 MDF-FR exchanges the modality heads so that A's alignment features carry B's modality
-information. :class:`ModalityTranslator` makes that representation explicit: it decodes A's
-finest alignment features (coarse context, from the exchanged tokens) together with A's deep
-full-resolution features into ``B_hat``, an image of A's anatomy with B's contrast, trained
-with an L1 loss against the aligned truth of B (``losses.translation``).
+information. :class:`ModalityTranslator` makes that representation explicit: a small U-Net on
+A whose bottleneck (at the token grid) also receives A's exchanged alignment tokens, decodes
+``B_hat``, an image of A's anatomy with B's contrast. It is trained with an L1 loss against the
+aligned truth of B (``losses.translation``); the tokens tell it which contrast to produce, so
+one network serves CT, PET and SPECT.
 
-Why it is there: registering B to ``B_hat`` is a *mono-modal* problem. With MIND or features of
-MRI against PET, the registration layers must first learn what corresponds across contrasts
-before any matching signal exists; measured on two CPU cores they did not leave the identity
-within the training budget. ``B_hat`` gives the layers (and the per-pair refinement,
-:mod:`bsafusion.refine`) evidence in which the same tissue looks the same.
+Why it is there: registering B to ``B_hat`` is a *mono-modal* problem. Block matching of MIND
+descriptors in the network's three-level pyramid, with no learning at all, brings the
+validation pairs from NCC 0.856 / 0.949 / 0.969 (CT / PET / SPECT, unregistered) to 0.977 /
+0.994 / 0.996 when ``B_hat`` is the truth itself, but *lowers* them (0.805 / 0.718 / 0.890) when
+the MRI is matched against B directly: the evidence of where things moved exists only between
+images of one contrast (``BSAFusionCore/docs/network.md``).
 
 The output layer is linear, not a sigmoid: with L1 on mostly black images a sigmoid output
-collapses to black early and never recovers.
+collapses to black early and does not recover.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +30,30 @@ from bsafusion.model.blocks import conv_block
 
 
 class ModalityTranslator(nn.Module):
-    """``B_hat`` from A's finest alignment level and A's deep features."""
+    """U-Net ``A -> B_hat`` with A's alignment tokens joined at the bottleneck."""
 
-    def __init__(self, level_channels: int, channels: int) -> None:
+    def __init__(self, channels: int, token_dim: int, patch_size: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv_block(level_channels + channels, channels), conv_block(channels, channels))
-        self.out = nn.Conv2d(channels, 1, 3, padding=1)
+        depth = int(round(math.log2(patch_size)))
+        if 2**depth != patch_size:
+            raise ValueError(f"the translator needs a power-of-two patch size, got {patch_size}")
+        widths = [channels * (k + 1) for k in range(depth + 1)]  # 16, 32, 48, 64 for patch 8
+        self.down = nn.ModuleList(
+            [nn.Sequential(conv_block(1, widths[0]), conv_block(widths[0], widths[0]))]
+            + [conv_block(widths[k - 1], widths[k]) for k in range(1, depth + 1)]
+        )
+        self.bottleneck = conv_block(widths[-1] + token_dim, widths[-1])
+        self.up = nn.ModuleList(conv_block(widths[k + 1] + widths[k], widths[k]) for k in reversed(range(depth)))
+        self.out = nn.Conv2d(widths[0], 1, 3, padding=1)
 
-    def forward(self, finest_a: torch.Tensor, deep_a: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(finest_a, size=deep_a.shape[2:], mode="bilinear", align_corners=False)
-        return self.out(self.body(torch.cat([up, deep_a], dim=1)))
+    def forward(self, image_a: torch.Tensor, token_map_a: torch.Tensor) -> torch.Tensor:
+        skips = []
+        x = image_a
+        for k, block in enumerate(self.down):
+            x = block(x if k == 0 else F.avg_pool2d(x, 2))
+            skips.append(x)
+        x = self.bottleneck(torch.cat([x, token_map_a], dim=1))
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.out(x)

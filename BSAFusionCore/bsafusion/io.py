@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import locale
 import os
 import shutil
 import sys
@@ -392,7 +393,23 @@ def check_direction(image: sitk.Image, name: str) -> sitk.Image:
     return image
 
 
+@contextlib.contextmanager
+def _kept_locale() -> Iterator[None]:
+    """GDCM switches the process's C locale to "C", which turns Python's default text
+    encoding into ASCII for the rest of the process; put the locale back afterwards."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def _read_dicom_series(directory: Path, series_id: str | None) -> sitk.Image:
+    with _kept_locale():
+        return _read_gdcm_series(directory, series_id)
+
+
+def _read_gdcm_series(directory: Path, series_id: str | None) -> sitk.Image:
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" goes to stderr
     try:
@@ -861,7 +878,7 @@ def write_dicom_series(
     writer.KeepOriginalImageUIDOn()
     names = [f"IM{i + 1:05d}.dcm" for i in range(volume.GetSize()[2])]
     try:
-        with atomic_output(directory) as tmp:
+        with _kept_locale(), atomic_output(directory) as tmp:
             tmp.mkdir()
             for i, name in enumerate(names):
                 image_slice = pixels[:, :, i]

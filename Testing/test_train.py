@@ -208,3 +208,12 @@ def test_cpu_time_and_validation_are_logged_and_survive_resume(phantom_root, tmp
     minutes = [float(r["cpu_minutes"]) for r in rows]
     assert minutes == sorted(minutes) and minutes[0] > 0
     assert checkpoint.read(tmp_path / "cpu" / "best.pt")["metadata"]["cpu_minutes"] > 0
+
+
+def test_resume_accepts_a_checkpoint_written_before_an_option_existed(phantom_root, tmp_path):
+    cfg = _config(phantom_root, tmp_path / "old")
+    Trainer(cfg, progress=False).fit(max_steps=2)
+    payload = checkpoint.read(tmp_path / "old" / "checkpoint.pt")
+    del payload["run_config"]["train"]["warmup_steps"]  # as written before the option existed
+    torch.save(payload, tmp_path / "old" / "checkpoint.pt")
+    assert Trainer(cfg, resume=True, progress=False).step == 2

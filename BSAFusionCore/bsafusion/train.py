@@ -251,7 +251,13 @@ class Trainer:
     def _resume(self) -> None:
         payload = checkpoint.read(self.checkpoint_path)
         saved = payload.get("run_config")
-        if saved != self.config.to_dict():
+        # compared through RunConfig so that options added since the run started, at their
+        # defaults, do not refuse a resume; a changed value does
+        try:
+            same = saved is not None and RunConfig.from_dict(saved).to_dict() == self.config.to_dict()
+        except (InputError, TypeError):
+            same = False
+        if not same:
             raise InputError(f"{self.checkpoint_path}: the run was started with another configuration; resume with the same one")
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(payload["optimizer"])

@@ -12,6 +12,17 @@ A checkpoint stores the model, optimizer and scheduler state and the step, so ``
 replays exactly the schedule an uninterrupted run would have followed (on the same device and
 torch build; floating-point order differs across devices).
 
+Several processes (torchrun)
+----------------------------
+Under ``torchrun`` (:mod:`bsafusion.distributed`) the model is wrapped in
+DistributedDataParallel and each step's batch, the same global batch a single process would
+draw, is split evenly over the ranks: rank ``r`` takes the ``r``-th contiguous share, so its
+draws are a pure function of ``(seed, epoch, step, rank)`` and ``--resume`` stays bit-for-bit
+for the same number of processes. The losses are means over samples, so the averaged
+gradients are those of the whole batch and the run follows the single-process one up to
+floating-point order; ``train.batch_size`` is the global batch. Rank 0 alone validates,
+writes checkpoints and logs; logged losses are means over the ranks and CPU time their sum.
+
 Training crops
 --------------
 The network is fully convolutional with convolutional position encoding, so it trains on
@@ -32,6 +43,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset
 from tqdm import tqdm
 
@@ -40,6 +53,7 @@ from bsafusion.configutil import check_known_keys
 from bsafusion.data import HARVARD_TEST_PROFILE, AlignedPairDataset
 from bsafusion.deform import warp
 from bsafusion.device import resolve_device
+from bsafusion.distributed import World, lost_rank_errors
 from bsafusion.errors import InputError
 from bsafusion.losses import ABLATION_LOSS_OVERRIDES, LossWeights, compute_losses
 from bsafusion.model import BSFAF, ModelConfig
@@ -171,16 +185,21 @@ def _lr_factor(step: int, total: int, min_ratio: float, warmup: int = 0) -> floa
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-def _crop(items: list[dict[str, Any]], size: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    out = []
-    for item in items:
-        h, w = item["fixed"].shape[-2:]
-        if size >= min(h, w):
-            out.append(item)
-            continue
-        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        out.append({k: (v[..., y : y + size, x : x + size] if torch.is_tensor(v) and v.ndim == 3 else v) for k, v in item.items()})
-    return out
+def _crop_corners(count: int, shape: tuple[int, int], size: int, rng: np.random.Generator) -> list[tuple[int, int]] | None:
+    """Top-left corners of ``size`` crops of ``count`` images of ``shape`` (``None``: no crop).
+
+    Drawn for the whole global batch, so that each rank crops its share where a single
+    process would have.
+    """
+    h, w = shape
+    if size >= min(h, w):
+        return None
+    return [(int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))) for _ in range(count)]
+
+
+def _crop(item: dict[str, Any], size: int, corner: tuple[int, int]) -> dict[str, Any]:
+    y, x = corner
+    return {k: (v[..., y : y + size, x : x + size] if torch.is_tensor(v) and v.ndim == 3 else v) for k, v in item.items()}
 
 
 def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -208,16 +227,39 @@ def _load_matching(model: BSFAF, state: dict[str, torch.Tensor], source: str) ->
     return len(taken)
 
 
-class Trainer:
-    """Runs (or resumes) one training run described by a :class:`RunConfig`."""
+class _Objective(nn.Module):
+    """The network and its losses as one module.
 
-    def __init__(self, config: RunConfig, resume: bool = False, progress: bool = True) -> None:
+    DistributedDataParallel then finds the unused parameters (a discriminator without L_ce2,
+    a translator without its loss) by following the loss itself, not every tensor the network
+    returns, and waits only for the gradients that will come.
+    """
+
+    def __init__(self, model: BSFAF, weights: LossWeights) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return compute_losses(self.model(batch["fixed"], batch["moving"]), batch, self.weights)
+
+
+class Trainer:
+    """Runs (or resumes) one training run described by a :class:`RunConfig`.
+
+    ``world`` is this process's place in a ``torchrun`` group (:meth:`World.current` by
+    default: the joined process group, or a single process).
+    """
+
+    def __init__(self, config: RunConfig, resume: bool = False, progress: bool = True, world: World | None = None) -> None:
         self.config = config
-        self.progress = progress
+        self.world = World.current() if world is None else world
+        self.progress = progress and self.world.is_main
         t = config.train
+        self.shard = self.world.shard(t.batch_size)
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = resolve_device(t.device)
+        self.device = self.world.device(resolve_device(t.device))
         self.out_dir = Path(t.out_dir)
         self.datasets = [AlignedPairDataset(t.data_root, m, augment=True, seed=t.seed, misalignment=t.misalignment) for m in t.modalities]
         self.dataset = ConcatDataset(self.datasets)
@@ -234,6 +276,7 @@ class Trainer:
         if not trainable:
             raise InputError(f"train.freeze={list(t.freeze)} leaves nothing to train")
         self.optimizer = torch.optim.Adam(trainable, lr=t.lr, weight_decay=t.weight_decay)
+        self.objective: nn.Module = _Objective(self.model, config.loss)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _lr_factor(s, t.total_steps, t.min_lr_ratio, t.warmup_steps)
         )
@@ -242,6 +285,11 @@ class Trainer:
         self.cpu_seconds = 0.0  # process CPU time (all threads) spent in training and validation
         if resume:
             self._resume()
+        if self.world.grouped:
+            # built after resuming: its construction broadcasts rank 0's parameters and is the
+            # first collective, so no rank writes a checkpoint before every rank has read it
+            with lost_rank_errors():
+                self.objective = DistributedDataParallel(self.objective, find_unused_parameters=True)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -265,8 +313,9 @@ class Trainer:
         self.step = int(payload["step"])
         self.best_score = float(payload.get("best_score", -math.inf))
         self.cpu_seconds = float(payload.get("cpu_seconds", 0.0))
-        self._truncate_log(self.out_dir / "train_log.csv", self.step)
-        self._truncate_log(self.out_dir / "val_log.csv", self.step)
+        if self.world.is_main:
+            self._truncate_log(self.out_dir / "train_log.csv", self.step)
+            self._truncate_log(self.out_dir / "val_log.csv", self.step)
 
     @staticmethod
     def _truncate_log(path: Path, step: int) -> None:
@@ -290,6 +339,7 @@ class Trainer:
             step=self.step,
             best_score=self.best_score,
             cpu_seconds=self.cpu_seconds,
+            world_size=self.world.size,
             run_config=self.config.to_dict(),
         )
 
@@ -304,7 +354,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def batch_for_step(self, step: int) -> dict[str, torch.Tensor]:
-        """The batch of global ``step``: a pure function of (seed, epoch, step)."""
+        """This rank's share of the batch of global ``step``: a pure function of (seed, epoch, step, rank)."""
         t = self.config.train
         epoch, within = divmod(step, t.steps_per_epoch)
         for ds in self.datasets:
@@ -314,38 +364,51 @@ class Trainer:
         repeats = math.ceil(t.samples_per_epoch / n)
         order = np.concatenate([order_rng.permutation(n) for _ in range(repeats)])
         idx = order[within * t.batch_size : (within + 1) * t.batch_size]
-        items = [self.dataset[int(i)] for i in idx]
-        items = _crop(items, t.crop_size, np.random.default_rng([t.seed, epoch, within, 7]))
+        items = [self.dataset[int(i)] for i in idx[self.shard]]
+        corners = _crop_corners(len(idx), items[0]["fixed"].shape[-2:], t.crop_size,
+                                np.random.default_rng([t.seed, epoch, within, 7]))
+        if corners is not None:
+            items = [_crop(item, t.crop_size, corner) for item, corner in zip(items, corners[self.shard])]
         return _collate(items, self.device)
 
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on this rank's share; returns the loss terms of the global batch.
+
+        Under DDP the backward pass averages the gradients over the ranks, so clipping and the
+        update see the same (whole-batch) gradients on every rank.
+        """
         self.model.train()
         use_amp = self.config.train.amp and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = self.model(batch["fixed"], batch["moving"])
-            terms = compute_losses(out, batch, self.config.loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        with lost_rank_errors():
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                terms = self.objective(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
         if self.config.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {k: float(v.detach()) for k, v in terms.items()}
+        means = self.world.sum(torch.stack([v.detach().float() for v in terms.values()])) / self.world.size
+        return dict(zip(terms, means.tolist()))
 
     def fit(self, max_steps: int | None = None) -> Path:
         """Train until the schedule ends (or ``max_steps`` more steps); returns the best weights path."""
         t = self.config.train
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        main = self.world.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         end = t.total_steps if max_steps is None else min(t.total_steps, self.step + max_steps)
         bar = tqdm(total=t.total_steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         running: dict[str, float] = {}
         while self.step < end:
             started, cpu_started = time.perf_counter(), time.process_time()
             terms = self.train_step(self.batch_for_step(self.step))
-            self.cpu_seconds += time.process_time() - cpu_started
+            self.cpu_seconds += float(self.world.sum(torch.tensor([time.process_time() - cpu_started], dtype=torch.float64)))
+            if not main:
+                continue
             running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in terms.items()}
             self._log(
                 "train_log.csv",
@@ -360,6 +423,7 @@ class Trainer:
             if epoch_end or self.step % t.checkpoint_every == 0 or self.step == end:
                 self._save_checkpoint()
         bar.close()
+        self.world.barrier()  # no rank reports the run finished before rank 0 has saved it
         return self.out_dir / "best.pt"
 
     def _validate_and_keep_best(self) -> None:

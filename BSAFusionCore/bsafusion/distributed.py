@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterator
@@ -106,12 +107,14 @@ def lost_rank_errors() -> Iterator[None]:
         raise RankLost(f"rank {dist.get_rank()}: another training process stopped answering ({first[:200]})") from exc
 
 
+#: What gloo's plain ``RuntimeError`` says when a peer is gone: "Connection closed by peer",
+#: "Timed out waiting ...ms for recv operation", "Application timeout caused pair closure".
+_GLOO_LOST_PEER = re.compile(r"connection (closed|reset)|timed out|timeout|pair closure", re.IGNORECASE)
+
+
 def _is_collective_failure(exc: BaseException) -> bool:
-    """gloo reports a dead peer as a plain ``RuntimeError`` from its transport; NCCL and the store as ``DistError``."""
-    if isinstance(exc, dist.DistError):
-        return True
-    text = str(exc)
-    return any(mark in text for mark in ("gloo", "Connection closed", "Connection reset", "timed out", "Timed out"))
+    """NCCL and the rendezvous store raise ``DistError``; gloo a ``RuntimeError`` (:data:`_GLOO_LOST_PEER`)."""
+    return isinstance(exc, dist.DistError) or bool(_GLOO_LOST_PEER.search(str(exc)))
 
 
 @contextlib.contextmanager

@@ -1,9 +1,10 @@
 """Instance refinement: per-pair optimisation of the network's field.
 
 Learning-based registration is often followed by a short optimisation of the predicted field
-on the pair at hand ("instance optimisation", the usual last step of Learn2Reg entries). Here it
-exists because the shipped networks do not yet register (see ``weights/MODEL_CARD.md``): the
-refinement is what moves the moving image, starting from the network's field.
+on the pair at hand ("instance optimisation", the usual last step of Learn2Reg entries). It is off by
+default: on the validation pairs every setting tried makes the shipped network's field worse
+(below), but it stays available (``--refine-steps N``, ``refine=`` in the API) for data where a
+per-pair fit helps.
 
 What is optimised
     A residual displacement on a coarse control grid (``grid x grid`` points, bilinearly
@@ -20,12 +21,12 @@ Similarity
 Regulariser
     Squared differences of neighbouring control points (diffusion), weight ``smoothness``.
 
-Measured on ``../shared/data/harvard/test_unaligned`` (NCC of the aligned moving image against
-the truth; identity start; ``Testing/benchmarks/README.md`` has the full table): CT 0.838 ->
-0.871 (8 of 10 cases better), but PET 0.942 -> 0.933 (10 of 28 better) and SPECT 0.960 -> 0.950
-(8 of 39 better) with these same settings: functional images
-share too little structure with MRI for MIND (mutual information did no better). Hence the
-per-modality defaults of :data:`DEFAULT_STEPS`: on for CT, off for PET and SPECT.
+Measured on the first 12 validation pairs of each modality, starting from the shipped
+network's field (``Testing/benchmarks/tune_refinement.py``; NCC against the truth, network
+alone -> refined, 100 steps, grid 16, smoothness 1): CT 0.897 -> 0.887 (MIND) / 0.777 (LNCC to
+``B_hat``), PET 0.967 -> 0.922 (MIND) / 0.958 (LNCC), SPECT 0.970 -> 0.947 (MIND) / 0.935
+(LNCC). Hence :data:`DEFAULT_STEPS` is 0 everywhere, and :data:`DEFAULT_USE_TRANSLATION`
+picks, per modality, the less harmful similarity for users who switch refinement on.
 """
 
 from __future__ import annotations
@@ -40,19 +41,23 @@ from bsafusion.errors import InputError
 from bsafusion.model.descriptors import mind_descriptor
 from bsafusion.similarity import multiscale_lncc
 
-__all__ = ["RefineSettings", "DEFAULT_STEPS", "default_settings", "refine_field"]
+__all__ = ["RefineSettings", "DEFAULT_STEPS", "DEFAULT_USE_TRANSLATION", "default_settings", "refine_field"]
 
-DEFAULT_STEPS: dict[str, int] = {"CT": 100, "PET": 0, "SPECT": 0}
+DEFAULT_STEPS: dict[str, int] = {"CT": 0, "PET": 0, "SPECT": 0}
 """Refinement steps used by default per moving modality (0 = off); why: module docstring."""
+
+DEFAULT_USE_TRANSLATION: dict[str, bool] = {"CT": False, "PET": True, "SPECT": False}
+"""Per modality: refine on LNCC to the network's ``B_hat`` (True) or on MIND to the MRI (False)."""
 
 
 @dataclass(frozen=True)
 class RefineSettings:
     """How the field is refined; ``steps=0`` switches refinement off.
 
-    The defaults were chosen on the CT test cases (grid 8 or 16, smoothness 0.1-1, 50-150 steps,
-    size 64-128 compared; ``BSAFusionCore/docs/network.md``): 128 px and 100 Adam steps cost
-    about 0.33 s per pair on 2 CPU cores (``Testing/benchmarks/speed.py``).
+    The defaults and the per-modality choices (:data:`DEFAULT_STEPS`,
+    :data:`DEFAULT_USE_TRANSLATION`) are chosen on the validation pairs by
+    ``Testing/benchmarks/tune_refinement.py`` (``BSAFusionCore/docs/network.md``); 128 px and 100
+    Adam steps cost about 0.33 s per pair on 2 CPU cores (``Testing/benchmarks/speed.py``).
     """
 
     steps: int = 100
@@ -72,11 +77,12 @@ class RefineSettings:
 
 
 def default_settings(modality: str, steps: int | None = None) -> RefineSettings:
-    """Settings for a modality: :data:`DEFAULT_STEPS` unless ``steps`` is given."""
+    """Settings for a modality: :data:`DEFAULT_STEPS` unless ``steps`` is given, and its similarity."""
     key = modality.upper()
     if key not in DEFAULT_STEPS:
         raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(DEFAULT_STEPS)}")
-    return replace(RefineSettings(), steps=DEFAULT_STEPS[key] if steps is None else int(steps))
+    return replace(RefineSettings(), steps=DEFAULT_STEPS[key] if steps is None else int(steps),
+                   use_translation=DEFAULT_USE_TRANSLATION[key])
 
 
 def _downsample(image: torch.Tensor, size: int) -> torch.Tensor:

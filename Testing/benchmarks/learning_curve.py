@@ -3,14 +3,14 @@
 Reads the ``val_log.csv`` that :class:`bsafusion.train.Trainer` writes after every epoch (on
 ``val_aligned`` misaligned with the fixed-seed test profile) and prints, per run and modality,
 NCC of the aligned moving image against the truth, the unregistered NCC, the endpoint error of
-the field against the drawn one (and of the identity), the share of pairs brought closer and
-Q_AB/F, row by row. ``--plot`` also draws NCC gain and endpoint error against CPU-minutes, one
+the field against the drawn one (and of the identity), the share of pairs brought closer,
+Q_AB/F and, for networks with a translator, NCC of ``B_hat`` against the truth, row by row. ``--plot`` also draws NCC gain and endpoint error against CPU-minutes, one
 line per run and modality, so runs of different designs and budgets compare on one axis: the
 question "is it data, compute or design?" is read off these curves.
 
 Usage (from the repository root)::
 
-    python Testing/benchmarks/learning_curve.py runs/joint [runs/other ...] [--plot curves.png] [--output table.md]
+    python Testing/benchmarks/learning_curve.py runs/joint [runs/other ...] [--chain] [--plot curves.png] [--output table.md]
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def read_curve(run: Path) -> list[dict[str, float]]:
 def markdown_table(run: Path, rows: list[dict[str, float]]) -> str:
     """One row per validation: step, samples, CPU-minutes and per modality NCC / EPE / better."""
     mods = [m for m in MODALITIES if f"{m}_ncc" in rows[0]] if rows else []
-    head = ["step", "samples", "CPU-min"] + [f"{m} {c}" for m in mods for c in ("NCC (unreg)", "EPE px (unreg)", "better", "Q_AB/F")]
+    translated = bool(rows) and f"{mods[0]}_translation_ncc" in rows[0]
+    per_mod = ("NCC (unreg)", "EPE px (unreg)", "better", "Q_AB/F") + (("B_hat NCC",) if translated else ())
+    head = ["step", "samples", "CPU-min"] + [f"{m} {c}" for m in mods for c in per_mod]
     lines = [f"### {run}", "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for r in rows:
         cells = [f"{r['step']:.0f}", f"{r['samples']:.0f}", f"{r['cpu_minutes']:.1f}"]
@@ -43,6 +45,8 @@ def markdown_table(run: Path, rows: list[dict[str, float]]) -> str:
             cells += [f"{r[f'{m}_ncc']:.4f} ({r[f'{m}_ncc_unregistered']:.4f})",
                       f"{r[f'{m}_epe']:.2f} ({r[f'{m}_epe_unregistered']:.2f})",
                       f"{r[f'{m}_better']:.0%}", f"{r[f'{m}_qabf']:.3f}"]
+            if translated:
+                cells.append(f"{r[f'{m}_translation_ncc']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -75,8 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (with val_log.csv)")
     parser.add_argument("--plot", type=Path, help="write the curves as a PNG")
     parser.add_argument("--output", type=Path, help="also write the tables to this Markdown file")
+    parser.add_argument("--chain", action="store_true",
+                        help="the runs are stages of one training (each started from the previous one's weights): "
+                             "count each run's CPU-minutes on from the previous run's last")
     args = parser.parse_args(argv)
     curves = {run: read_curve(run) for run in args.runs}
+    if args.chain:
+        spent = 0.0
+        for rows in curves.values():
+            for r in rows:
+                r["cpu_minutes"] += spent
+            spent = rows[-1]["cpu_minutes"] if rows else spent
     text = "\n\n".join(markdown_table(run, rows) for run, rows in curves.items())
     print(text)
     if args.output:

@@ -32,10 +32,7 @@ VAL_ROOT = Path("../shared/data/harvard/val_aligned")
 VAL_SEED = 2025  # bsafusion.train.TrainConfig.val_seed: the validation fields of training
 GRID = [
     RefineSettings(steps=0),
-    RefineSettings(steps=50, grid=16, smoothness=1.0, use_translation=True),
     RefineSettings(steps=100, grid=16, smoothness=1.0, use_translation=True),
-    RefineSettings(steps=100, grid=16, smoothness=0.1, use_translation=True),
-    RefineSettings(steps=100, grid=8, smoothness=1.0, use_translation=True),
     RefineSettings(steps=100, grid=16, smoothness=1.0, use_translation=False),
 ]
 

@@ -8,11 +8,12 @@ aligned truth of B (``losses.translation``); the tokens tell it which contrast t
 one network serves CT, PET and SPECT.
 
 Why it is there: registering B to ``B_hat`` is a *mono-modal* problem. Block matching of MIND
-descriptors in the network's three-level pyramid, with no learning at all, brings the
-validation pairs from NCC 0.856 / 0.949 / 0.969 (CT / PET / SPECT, unregistered) to 0.977 /
-0.994 / 0.996 when ``B_hat`` is the truth itself, but *lowers* them (0.805 / 0.718 / 0.890) when
-the MRI is matched against B directly: the evidence of where things moved exists only between
-images of one contrast (``BSAFusionCore/docs/network.md``).
+descriptors in the network's three-level pyramid, with no learning at all, brings 12
+validation pairs per modality from NCC 0.864 / 0.953 / 0.967 (CT / PET / SPECT, unregistered)
+to 0.980 / 0.995 / 0.996 when ``B_hat`` is the truth itself, but *lowers* them (0.820 / 0.728 /
+0.878) when the MRI is matched against B directly: the evidence of where things moved exists
+only between images of one contrast (``Testing/benchmarks/matching_upper_bound.py``,
+``BSAFusionCore/docs/network.md``).
 
 The output layer is linear, not a sigmoid: with L1 on mostly black images a sigmoid output
 collapses to black early and does not recover.

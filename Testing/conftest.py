@@ -35,6 +35,16 @@ def volumes_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory) -> Path:
+    """Six aligned 64x64 MRI/CT phantom pairs in the training layout (``root/CT/{MRI,CT}``)."""
+    from bsafusion.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root, n_pairs=6, modalities=("CT",), shape=(64, 64), seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op torch thread for a module's duration (restored afterwards).
 

@@ -19,19 +19,11 @@ from test_train import TINY_MODEL
 
 from bsafusion import checkpoint
 from bsafusion.distributed import World, process_group
-from bsafusion.phantom import write_phantom_dataset
 from bsafusion.train import RunConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def phantom_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("phantoms")
-    write_phantom_dataset(root, n_pairs=6, modalities=("CT",), shape=(64, 64), seed=1)
-    return root
 
 
 def _config(root: Path, out: Path, **train) -> dict:

@@ -14,18 +14,10 @@ from bsafusion.errors import InputError
 from bsafusion.losses import LossWeights, compute_losses
 from bsafusion.metrics.registration import ncc
 from bsafusion.model import BSFAF
-from bsafusion.phantom import write_phantom_dataset
 from bsafusion.train import RunConfig, Trainer, load_config
 
 TINY_MODEL = {"img_size": 64, "channels": 8, "embed_dim": 32, "patch_size": 8, "heads": 2,
               "pyramid_channels": [16, 12, 8]}
-
-
-@pytest.fixture(scope="module")
-def phantom_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("phantoms")
-    write_phantom_dataset(root, n_pairs=6, modalities=("CT",), shape=(64, 64), seed=1)
-    return root
 
 
 def _config(root: Path, out: Path, **train) -> RunConfig:

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 
 from bsafusion import checkpoint
-from bsafusion.data import HARVARD_TEST_PROFILE, AlignedPairDataset
+from bsafusion.data import validation_pairs
 from bsafusion.deform import warp
 from bsafusion.metrics.registration import ncc
 from bsafusion.model import BSFAF
-from bsafusion.train import load_config
+from bsafusion.train import TrainConfig, load_config
 
-VAL_ROOT = Path("../shared/data/harvard/val_aligned")
-VAL_SEED = 2025
+VAL_ROOT = Path(TrainConfig().val_root)  # the validation pairs of training
 SHIPPED_CONFIG = Path("BSAFusionCore/bsafusion/configs/shipped.yaml")
 
 
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| modality | B_hat | NCC | NCC unregistered | better | EPE px | EPE identity px |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for modality in ("CT", "PET", "SPECT"):
-        data = AlignedPairDataset(VAL_ROOT, modality, augment=False, seed=VAL_SEED, misalignment=HARVARD_TEST_PROFILE)
+        data = validation_pairs(VAL_ROOT, modality)
         pairs = [data[i] for i in range(min(len(data), args.max_cases))]
         models = {"mri": None, "truth": None}
         if args.weights:

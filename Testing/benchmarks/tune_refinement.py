@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from bsafusion import checkpoint
-from bsafusion.data import HARVARD_TEST_PROFILE, AlignedPairDataset
+from bsafusion.data import validation_pairs
 from bsafusion.infer import Fuser
 from bsafusion.metrics.registration import ncc
 from bsafusion.refine import RefineSettings
+from bsafusion.train import TrainConfig
 
-VAL_ROOT = Path("../shared/data/harvard/val_aligned")
-VAL_SEED = 2025  # bsafusion.train.TrainConfig.val_seed: the validation fields of training
+VAL_ROOT = Path(TrainConfig().val_root)  # the validation pairs of training
 GRID = [
     RefineSettings(steps=0),
     RefineSettings(steps=100, grid=16, smoothness=1.0, use_translation=True),
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---:|---:|---:|---|---:|---:|---:|"]
     for modality in args.modality or ["CT", "PET", "SPECT"]:
         weights = (args.weights_dir / f"bsafusion_{modality.lower()}.pt") if args.weights_dir else checkpoint.default_weights_path(modality)
-        data = AlignedPairDataset(VAL_ROOT, modality, augment=False, seed=VAL_SEED, misalignment=HARVARD_TEST_PROFILE)
+        data = validation_pairs(VAL_ROOT, modality)
         pairs = [data[i] for i in range(min(len(data), args.max_cases))]
         unregistered = np.mean([ncc(p["moving"][0].numpy(), p["moving_aligned"][0].numpy()) for p in pairs])
         lines.append(f"| {modality} | unregistered | | | | {unregistered:.4f} | | |")

@@ -23,6 +23,7 @@ from bsafusion.benchmark import (
     PUBLISHED,
     ClassicalRegistration,
     TwoStage,
+    as_written,
     run_benchmark,
     weights_file,
 )
@@ -34,6 +35,7 @@ from bsafusion.evaluate import (
     FUSION_METRIC_NAMES,
     METRIC_NAMES,
     Case,
+    MethodOutput,
     case_metrics,
     no_registration,
     read_csv,
@@ -149,9 +151,12 @@ def test_two_stage_rows_score_what_the_rules_make(full, data):
         def fuse(a, b):
             return FUSION_RULES[rule](a, b).astype(np.float32)
 
+        def stored(a, b):  # what an 8-bit PNG of the rule's output holds
+            return (np.round(np.clip(fuse(a, b), 0, 1) * 255) / 255).astype(np.float32)
+
         expected = {
-            f"No reg + {label_name}": case_metrics(fixed, moving, fuse(fixed, moving), aligned=moving, label=label),
-            f"Oracle + {label_name}": case_metrics(fixed, moving, fuse(fixed, label), label=label),
+            f"No reg + {label_name}": case_metrics(fixed, moving, stored(fixed, moving), aligned=moving, label=label),
+            f"Oracle + {label_name}": case_metrics(fixed, moving, stored(fixed, label), label=label),
         }
         if rule == "average":
             assert np.array_equal(no_registration(Case("CT", "0", fixed, moving)).fused_luma, fuse(fixed, moving))
@@ -159,6 +164,23 @@ def test_two_stage_rows_score_what_the_rules_make(full, data):
             for name in METRIC_NAMES:
                 got, want = by_method[method][name], metrics[name]
                 assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12), (method, name)
+
+
+def test_computed_outputs_are_scored_as_their_8_bit_file_holds_them():
+    """Float noise that an 8-bit PNG rounds away must not cost a method its Q_S; the field stays."""
+    rng = np.random.default_rng(0)
+    fixed = np.zeros((48, 48), np.float32)
+    fixed[12:36, 12:36] = rng.random((24, 24))
+    label = np.roll(fixed, 2, axis=0)
+    noisy = (0.5 * (fixed + label) + 1e-4 * rng.random(fixed.shape)).astype(np.float32)
+    field = rng.standard_normal((2, 48, 48)).astype(np.float32)
+    stored = as_written(MethodOutput(fused_luma=noisy, aligned_luma=label + 1e-4, field=field))
+    assert np.array_equal(stored.fused_luma * 255, np.round(noisy * 255)) and stored.field is field
+    assert (stored.fused_luma[fixed + label == 0] == 0).all()
+    assert np.array_equal(stored.aligned_luma * 255, np.round((label + 1e-4) * 255))
+    as_file = case_metrics(fixed, fixed, stored.fused_luma, label=label)["q_s"]
+    as_float = case_metrics(fixed, fixed, noisy, label=label)["q_s"]
+    assert as_file > as_float + 0.1  # the flat background counts once the noise is gone
 
 
 def test_classical_time_counts_the_shared_registration_for_every_rule(full):

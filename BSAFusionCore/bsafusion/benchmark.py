@@ -40,6 +40,9 @@ Methods (selection keys in brackets, table order)
     the fusion columns). Only for modalities with labels; it reports no aligned image, so its
     registration columns are empty rather than trivially perfect.
 
+Every method computed here is scored on its outputs rounded to 8 bits (:func:`as_written`), the
+precision of the PNG files the cases, the published outputs and ``bsafusion fuse`` hold.
+
 Outputs (in ``out_dir``)
 ------------------------
 ``per_case.csv`` (every metric of every case and method, ``status``/``error``, ``seconds``),
@@ -106,6 +109,7 @@ __all__ = [
     "ClassicalRegistration",
     "NetworkMethod",
     "TwoStage",
+    "as_written",
     "weights_file",
     "build_methods",
     "run_benchmark",
@@ -389,6 +393,27 @@ def build_methods(
 # --------------------------------------------------------------------------- running
 
 
+def _eight_bit(image: np.ndarray) -> np.ndarray:
+    return (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def as_written(output: MethodOutputLike) -> MethodOutput:
+    """``output`` with its images at the precision of an 8-bit PNG, as they are scored.
+
+    The cases, the published outputs and what ``bsafusion fuse`` writes for them are 8-bit
+    PNGs, so every method computed in memory is scored on the values its file would hold, not
+    on float precision no file keeps. It matters: Q_S and Q_VIF score a window as perfect only
+    when it is exactly flat, so float noise of 1e-4 in an otherwise black background, which
+    rounds to 0 in the written file, would cost a method most of its Q_S. The field is kept.
+    """
+    aligned = getattr(output, "aligned_luma", None)
+    return MethodOutput(
+        fused_luma=_eight_bit(np.asarray(output.fused_luma)),
+        aligned_luma=None if aligned is None else _eight_bit(np.asarray(aligned)),
+        field=getattr(output, "field", None),
+    )
+
+
 def _run_case(case: Case, methods: Sequence[BenchmarkMethod]) -> tuple[list[Row], dict[str, MethodOutputLike]]:
     """Rows of one case (reused registration time added) and the outputs of the methods that succeeded."""
     outputs: dict[str, MethodOutputLike] = {}
@@ -396,7 +421,8 @@ def _run_case(case: Case, methods: Sequence[BenchmarkMethod]) -> tuple[list[Row]
 
     def recording(entry: BenchmarkMethod) -> Method:
         def call(c: Case) -> MethodOutputLike:
-            outputs[entry.name] = output = entry.method(c)
+            output = entry.method(c)
+            outputs[entry.name] = output = output if entry.key == "published" else as_written(output)
             reused[entry.name] = float(getattr(entry.method, "reused_seconds", 0.0))  # of this very call
             return output
 

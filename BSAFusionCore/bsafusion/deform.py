@@ -11,7 +11,7 @@ Field convention (used by every module of the package)
   image) and points into the *input* image (the moving one). This is the convention of ITK's
   ``DisplacementFieldTransform`` (a transform maps fixed points to moving points), so a field
   converts to an ITK transform by scaling pixels to millimetres and rotating by the direction
-  matrix, without inversion (see :mod:`bsafusion.volume`).
+  matrix, without inversion (see :mod:`bsafusion.inference.volume`).
 * With ``phi_u(p) = p + u(p)``, ``warp(warp(I, u1), u2) = I o phi_u1 o phi_u2``;
   :func:`compose` returns that field, ``u2 + warp(u1, u2)``.
 

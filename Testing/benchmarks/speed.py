@@ -5,10 +5,10 @@ development machine and of CI):
 
 * **per 256x256 pair**: our network's forward pass alone; ``Fuser.fuse`` (in memory: resampling,
   forward pass, warping at full size), network field only, and with the per-pair refinement
-  that is the CT default (:mod:`bsafusion.refine`); end to end from files with
-  :func:`bsafusion.infer.fuse_files` (read PNGs, fuse, write fused/aligned PNGs, the field and
+  that is the CT default (:mod:`bsafusion.inference.refine`); end to end from files with
+  :func:`bsafusion.inference.fuser.fuse_files` (read PNGs, fuse, write fused/aligned PNGs, the field and
   the quick-look panel); the classical SimpleITK affine + B-spline registration
-  (:func:`bsafusion.baselines.register_classical`, with its deterministic single ITK thread and
+  (:func:`bsafusion.evaluation.baselines.register_classical`, with its deterministic single ITK thread and
   with ITK's default threads); each classical fusion rule on the luma, and the Laplacian rule on
   a PET pseudo-colour image (YCbCr round trip included);
 * **peak memory** of one call of each of those, in a fresh process (model loaded, inputs
@@ -53,11 +53,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bsafusion import checkpoint
-from bsafusion.baselines import ClassicalSettings, fuse_colour, get_rule, register_classical
-from bsafusion.baselines.fusion_rules import FUSION_RULES
+from bsafusion.model import checkpoint
+from bsafusion.evaluation.baselines import ClassicalSettings, fuse_colour, get_rule, register_classical
+from bsafusion.evaluation.baselines.fusion_rules import FUSION_RULES
 from bsafusion.deform import random_misalignment
-from bsafusion.infer import Fuser, fuse_files
+from bsafusion.inference.fuser import Fuser, fuse_files
 from bsafusion.io import write_image
 from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import phantom_pair

@@ -94,9 +94,9 @@ def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: in
         refine_steps: int | None = None) -> dict:
     import SimpleITK as sitk
     import torch
-    from bsafusion import checkpoint
+    from bsafusion.model import checkpoint
     from bsafusion.model import BSFAF, ModelConfig
-    from bsafusion.volume import read_volume, register_and_fuse_volumes, write_volume_result
+    from bsafusion.inference.volume import read_volume, register_and_fuse_volumes, write_volume_result
 
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

@@ -38,7 +38,7 @@ from scipy import ndimage
 import slicer_standin
 from bsafusion import slicer_support
 from bsafusion.phantom import phantom_pair
-from bsafusion.volume import OUTPUT_FILES
+from bsafusion.inference.volume import OUTPUT_FILES
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = REPO / "BSAFusionExtension"
@@ -445,7 +445,7 @@ def test_rerun_reuses_output_nodes_and_replaces_one_of_the_wrong_class(slicer_en
 def test_options_left_out_take_the_cores_defaults_and_chosen_ones_reach_it(slicer_env, tiny_weights, monkeypatch):
     import inspect
 
-    from bsafusion.volume import register_and_fuse_volumes
+    from bsafusion.inference.volume import register_and_fuse_volumes
 
     fixed, moving = _push_pair(slicer_env, "CT")
     logic = slicer_env.bsa.BSAFusionLogic()
@@ -653,7 +653,7 @@ def test_core_is_installed_only_after_the_user_agrees(slicer_env, monkeypatch):
     (requirements, files), = slicer_env.rec.of("pip_install")
     assert isinstance(requirements, list) and len(requirements) == 1
     assert Path(requirements[0]) != REPO / "BSAFusionCore"  # a temporary copy: the install dir may be read-only
-    assert "pyproject.toml" in files and "bsafusion/volume/pipeline.py" in files
+    assert "pyproject.toml" in files and "bsafusion/inference/volume/pipeline.py" in files
     assert not any("__pycache__" in f or ".egg-info" in f for f in files)
 
 
@@ -752,7 +752,7 @@ def test_batch_script_exits_slicer_with_the_status(slicer_env, tiny_weights, tmp
 
 def _prealign_available() -> bool:
     try:
-        from bsafusion.baselines import prealign_affine  # noqa: F401
+        from bsafusion.evaluation.baselines import prealign_affine  # noqa: F401
     except ImportError:
         return False
     return True

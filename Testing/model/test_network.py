@@ -149,7 +149,7 @@ def test_runs_at_other_sizes_than_trained():
 
 
 def test_translator_feeds_the_registration_and_learns_only_from_its_own_loss():
-    from bsafusion.losses import LossWeights, compute_losses
+    from bsafusion.training.losses import LossWeights, compute_losses
 
     cfg = ModelConfig(**{**TINY.to_dict(), "pyramid_channels": TINY.pyramid_channels, "translation": True})
     model = BSFAF(cfg)

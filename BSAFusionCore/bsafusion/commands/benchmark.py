@@ -70,10 +70,10 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from bsafusion.benchmark import run_benchmark
+    from bsafusion.evaluation.benchmark import run_benchmark
     from bsafusion.errors import InputError
-    from bsafusion.evaluate import read_csv, summarize
-    from bsafusion.report import markdown_tables
+    from bsafusion.evaluation.evaluate import read_csv, summarize
+    from bsafusion.evaluation.report import markdown_tables
 
     ablations = dict(args.ablation)
     if len(ablations) != len(args.ablation):

@@ -32,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     from bsafusion.colour import split_luma
     from bsafusion.deform import random_misalignment
-    from bsafusion.infer import Fuser, write_result
+    from bsafusion.inference.fuser import Fuser, write_result
     from bsafusion.io import atomic_output
-    from bsafusion.metrics import FUSION_METRICS
-    from bsafusion.metrics.registration import endpoint_error, folding_fraction, ncc
+    from bsafusion.evaluation.metrics import FUSION_METRICS
+    from bsafusion.evaluation.metrics.registration import endpoint_error, folding_fraction, ncc
     from bsafusion.phantom import phantom_pair
 
     out = Path(args.out)

@@ -5,7 +5,7 @@ a method's results (<MOD>/Fusion_GRAY or <MOD>/Fusion, optional <MOD>/<MOD>_alig
 file names. Prints a table per modality (mean ± std of the fusion and registration metrics,
 best in bold) and writes per_case.csv, summary.csv, report.md and box plots into --out. Unless
 --no-baseline, the "no registration" line (fuse-by-average of the unaligned pair) is added for
-context. Fusion metrics use the MRI and the aligned truth as sources (see bsafusion.evaluate).
+context. Fusion metrics use the MRI and the aligned truth as sources (see bsafusion.evaluation.evaluate).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def _command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from bsafusion.errors import InputError
-    from bsafusion.evaluate import evaluate_folder, summarize
+    from bsafusion.evaluation.evaluate import evaluate_folder, summarize
     from bsafusion.io import check_output_dir
-    from bsafusion.report import markdown_tables, write_report
+    from bsafusion.evaluation.report import markdown_tables, write_report
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")

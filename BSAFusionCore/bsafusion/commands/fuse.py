@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--refine-steps", type=int, metavar="N",
                         help="per-pair refinement of the network's field (default: 100 for CT, off for PET/SPECT; "
-                             "0 = off); see bsafusion.refine")
+                             "0 = off); see bsafusion.inference.refine")
     parser.add_argument("--no-prealign", action="store_true", help="volumes: skip the rigid pre-alignment")
     parser.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"],
                         help="volumes: plane the 2D network runs in (default axial)")
@@ -71,7 +71,7 @@ def _is_volume(path: Path) -> bool:
 
 def _fuse_folders(fixed: Path, moving: Path, args: argparse.Namespace) -> int:
     from bsafusion.errors import InputError
-    from bsafusion.infer import Fuser, fuse_folder, pair_folder
+    from bsafusion.inference.fuser import Fuser, fuse_folder, pair_folder
 
     pairs = pair_folder(fixed, moving)
     fuser = Fuser(args.modality, args.weights, args.device, refine=args.refine_steps)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if _is_slice_folder(fixed):
         return _fuse_folders(fixed, moving, args)
     if _is_volume(fixed):
-        from bsafusion.volume import console_progress, fuse_volume_files
+        from bsafusion.inference.volume import console_progress, fuse_volume_files
 
         progress = None if args.no_progress else console_progress()
         result, paths = fuse_volume_files(fixed, moving, args.modality, args.out, args.stem, weights=args.weights,
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
         return 0
 
-    from bsafusion.infer import Fuser, fuse_files
+    from bsafusion.inference.fuser import Fuser, fuse_files
 
     fuser = Fuser(args.modality, args.weights, args.device, refine=args.refine_steps)
     for kind, path in fuse_files(fixed, moving, fuser, args.out).items():

@@ -64,7 +64,7 @@ class BSFAF(nn.Module):
     ) -> BSFAFOutput:
         """Register and fuse; ``refine(fixed, moving, field_ba, translation=...)`` may replace the field.
 
-        With ``refine`` (inference only, e.g. :func:`bsafusion.refine.refine_field`), MMFF fuses
+        With ``refine`` (inference only, e.g. :func:`bsafusion.inference.refine.refine_field`), MMFF fuses
         with the refined field, ``field_ab`` becomes its numerical inverse, and ``alignment``
         still describes the network's own prediction.
         """

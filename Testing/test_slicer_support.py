@@ -113,7 +113,7 @@ def test_validate_parameters_shipped_model(monkeypatch, tmp_path):
 
 
 def test_choice_lists_match_the_core():
-    from bsafusion.inference.fuser import MODALITIES
+    from bsafusion.modality import MOVING as MODALITIES
     from bsafusion.inference.volume.geometry import AXES
 
     assert slicer_support.MODALITIES == MODALITIES

@@ -45,9 +45,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from bsafusion.model import checkpoint
+from bsafusion import modality as modalities
 from bsafusion.colour import split_luma
 from bsafusion.errors import InputError
-from bsafusion.inference.fuser import MODALITIES
+from bsafusion.modality import MOVING as MODALITIES
 from bsafusion.device import resolve_device
 from bsafusion.inference.volume import VolumeResult, register_and_fuse_volumes
 from bsafusion.inference.volume.geometry import AXES as _AXES
@@ -153,9 +154,7 @@ def validate_parameters(
     >>> validate_parameters("pet", "", device="cpu", axis="Axial").modality    # doctest: +SKIP
     'PET'
     """
-    name = str(modality).strip().upper()
-    if name not in MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    name = modalities.moving(modality).name
     dev = None
     if device is not None:
         dev = str(device).strip().lower() or "auto"

@@ -5,7 +5,7 @@ the network's translation ``B_hat`` or MIND against the MRI), runs :class:`bsafu
 on the ``val_aligned`` pairs misaligned with the fixed-seed Harvard test profile (the same pairs
 and fields as training validation) and prints, per modality, the mean NCC of the aligned
 moving image against the truth, the share of pairs improved over the network's own field, and
-seconds per pair. The chosen defaults (:data:`bsafusion.inference.refine.DEFAULT_STEPS`) come from this
+seconds per pair. The chosen defaults (``refine_steps`` in :mod:`bsafusion.modality`) come from this
 table.
 
 Usage (from the repository root)::

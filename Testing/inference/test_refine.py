@@ -9,7 +9,8 @@ from bsafusion.errors import InputError
 from bsafusion.inference.fuser import Fuser
 from bsafusion.model import BSFAF
 from bsafusion.phantom import phantom_pair
-from bsafusion.inference.refine import DEFAULT_STEPS, DEFAULT_USE_TRANSLATION, RefineSettings, default_settings, refine_field
+from bsafusion import modality
+from bsafusion.inference.refine import RefineSettings, default_settings, refine_field
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,9 +87,9 @@ def test_zero_steps_returns_the_field_untouched():
 
 
 def test_settings_are_checked_and_defaults_follow_the_modality():
-    assert default_settings("ct").steps == DEFAULT_STEPS["CT"]
+    assert default_settings("ct").steps == modality.get("CT").refine_steps
     assert default_settings("PET", 7).steps == 7
-    assert default_settings("CT").use_translation is DEFAULT_USE_TRANSLATION["CT"]
+    assert default_settings("CT").use_translation is modality.get("CT").refine_on_translation
     for bad in (dict(steps=-1), dict(grid=1), dict(size=8), dict(smoothness=-1.0), dict(lr=0.0)):
         with pytest.raises(InputError):
             RefineSettings(**bad)
@@ -118,12 +119,12 @@ def test_network_fuses_with_the_refined_field(tiny_weights):
 def test_fuser_follows_the_modality_default_and_refines_on_request(tiny_weights):
     pair = phantom_pair("CT", (64, 64), seed=8)
     default = Fuser("CT", tiny_weights["CT"], "cpu")
-    assert default.refine.steps == DEFAULT_STEPS["CT"]
+    assert default.refine.steps == modality.get("CT").refine_steps
     off = Fuser("CT", tiny_weights["CT"], "cpu", refine=0)
     on = Fuser("CT", tiny_weights["CT"], "cpu", refine=100)
     a, b = on.fuse(pair.mri, pair.other), off.fuse(pair.mri, pair.other)
     assert not np.allclose(a.field, b.field, atol=1e-3)
-    assert Fuser("PET", tiny_weights["PET"], "cpu").refine.steps == DEFAULT_STEPS["PET"]
+    assert Fuser("PET", tiny_weights["PET"], "cpu").refine.steps == modality.get("PET").refine_steps
 
 
 def test_cli_fuse_passes_refine_steps_to_the_fuser(monkeypatch, tmp_path):

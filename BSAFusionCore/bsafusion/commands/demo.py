@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from bsafusion.deform import random_misalignment
     from bsafusion.inference.fuser import Fuser, write_result
     from bsafusion.io import atomic_output
+    from bsafusion.model import checkpoint
     from bsafusion.evaluation.metrics import FUSION_METRICS
     from bsafusion.evaluation.metrics.registration import endpoint_error, folding_fraction, ncc
     from bsafusion.phantom import phantom_pair
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             moving = mis.apply(pair.other).clip(0, 1)
             truth, moving_luma = pair.other, moving
-        weights = Path(args.weights_dir) / f"bsafusion_{modality.lower()}.pt" if args.weights_dir else None
+        weights = Path(args.weights_dir) / checkpoint.weights_file_name(modality) if args.weights_dir else None
         result = Fuser(modality, weights, args.device).fuse(pair.mri, moving)
         write_result(result, sitk.GetImageFromArray(pair.mri), out, f"phantom_{modality.lower()}", pair.mri, moving)
         inner = (slice(None), slice(32, -32), slice(32, -32))

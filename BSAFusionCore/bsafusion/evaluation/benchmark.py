@@ -80,8 +80,8 @@ import numpy as np
 
 from bsafusion.model import checkpoint
 from bsafusion.evaluation.baselines import ClassicalResult, ClassicalSettings, get_rule, register_classical
-from bsafusion.training.data import UnalignedCaseDataset
 from bsafusion.errors import InputError
+from bsafusion.evaluation.cases import UnalignedCaseDataset
 from bsafusion.evaluation.evaluate import (
     Case,
     Method,
@@ -142,7 +142,7 @@ def weights_file(source: str | os.PathLike, modality: str) -> Path:
         return source
     if not source.is_dir():
         raise InputError(f"{source}: no such weights file or folder")
-    name = checkpoint.default_weights_path(modality).name
+    name = checkpoint.weights_file_name(modality)
     for candidate in (source / "best.pt", source / name):
         if candidate.is_file():
             return candidate
@@ -562,7 +562,7 @@ def run_benchmark(
     Parameters
     ----------
     cases_root:
-        Cases in the :class:`bsafusion.training.data.UnalignedCaseDataset` layout (``<MOD>/MRI``,
+        Cases in the :class:`bsafusion.evaluation.cases.UnalignedCaseDataset` layout (``<MOD>/MRI``,
         ``<MOD>/<MOD>``, optional ``<MOD>/<MOD>_label`` and ``<MOD>_RGB``). Without labels the
         truth columns are left out and the oracle is not run.
     out_dir:

@@ -58,7 +58,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 import numpy as np
 
 from bsafusion.evaluation.baselines.fusion_rules import fuse_average
-from bsafusion.training.data import MODALITIES, UnalignedCaseDataset, list_images
+from bsafusion.evaluation.cases import UnalignedCaseDataset
+from bsafusion.layout import list_images
+from bsafusion.modality import MOVING
 from bsafusion.errors import InputError
 from bsafusion.io import atomic_output, read_luma
 from bsafusion.evaluation.metrics import FUSION_METRICS
@@ -187,9 +189,9 @@ def case_sets(root: str | os.PathLike, modalities: Sequence[str] | None = None) 
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
     if modalities is None:
-        modalities = [m for m in MODALITIES if (root / m).is_dir()]
+        modalities = [m for m in MOVING if (root / m).is_dir()]
         if not modalities:
-            raise InputError(f"{root}: no {', '.join(MODALITIES)} case folder found")
+            raise InputError(f"{root}: no {', '.join(MOVING)} case folder found")
     return [UnalignedCaseDataset(root, modality) for modality in modalities]
 
 

@@ -25,6 +25,7 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from bsafusion.model import checkpoint
+from bsafusion import modality as modalities
 from bsafusion.colour import NEUTRAL_CHROMA, merge_luma, split_luma
 from bsafusion.deform import resize_field, warp
 from bsafusion.errors import InputError
@@ -45,8 +46,6 @@ from bsafusion.device import resolve_device
 from bsafusion.transforms import field_to_displacement_image
 from bsafusion.visualize import checkerboard, save_panel
 
-MODALITIES = ("CT", "PET", "SPECT")
-COLOUR_MODALITIES = ("PET", "SPECT")
 #: Smallest image side (pixels) accepted: below it an image holds too little structure to
 #: register, and the network would only see it blown up to its input size.
 MIN_SIZE = 16
@@ -122,9 +121,7 @@ class Fuser:
         device: str = "auto",
         refine: RefineSettings | int | None = None,
     ) -> None:
-        self.modality = modality.upper()
-        if self.modality not in MODALITIES:
-            raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+        self.modality = modalities.moving(modality).name
         self.weights = Path(weights) if weights else checkpoint.default_weights_path(self.modality)
         self.device = resolve_device(device)
         self.model: BSFAF = checkpoint.load_model(self.weights, self.modality, self.device)
@@ -147,9 +144,9 @@ class Fuser:
             fixed = _check_image(fixed, fixed_name, allow_rgb=False)
             moving = _check_image(moving, moving_name, allow_rgb=True)
             if moving.ndim == 3 and not (np.ptp(moving, axis=-1) < 1e-6).all():
-                if self.modality not in COLOUR_MODALITIES:
+                if not modalities.get(self.modality).colour:
                     raise InputError(f"{moving_name}: colour image given as {self.modality}, which is grey; "
-                                     f"is it {' or '.join(COLOUR_MODALITIES)}?")
+                                     f"is it {' or '.join(modalities.COLOUR)}?")
                 luma, chroma = split_luma(moving)
             elif moving.ndim == 3:  # grey stored as RGB: its own luma (as the data loaders do)
                 luma, chroma = moving[..., 0], None

@@ -48,13 +48,13 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from bsafusion import modality as modalities
 from bsafusion.errors import InputError
 
 __all__ = [
     "CT_WINDOW",
     "MRI_PERCENTILES",
     "EMISSION_PERCENTILE",
-    "VOLUME_MODALITIES",
     "looks_like_hounsfield",
     "intensity_range",
     "normalise_volume",
@@ -67,20 +67,9 @@ CT_WINDOW: tuple[float, float] = (-15.0, 105.0)
 MRI_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 #: Percentile of the positive voxels taken as the "robust maximum" of PET/SPECT.
 EMISSION_PERCENTILE: float = 99.5
-#: Modalities :func:`normalise_volume` knows.
-VOLUME_MODALITIES: tuple[str, ...] = ("MRI", "CT", "PET", "SPECT")
 
 _AIR_HU = -500.0  # anything at or below is air in a CT in Hounsfield units
 _MAX_SAMPLES = 2_000_000
-# DICOM Modality (0008,0060) values meaning each of our modalities
-_DICOM_MODALITIES = {"MRI": {"MR"}, "CT": {"CT"}, "PET": {"PT"}, "SPECT": {"NM", "ST"}}
-
-
-def _check_name(modality: str) -> str:
-    name = str(modality).upper()
-    if name not in VOLUME_MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; expected one of {', '.join(VOLUME_MODALITIES)}")
-    return name
 
 
 def _sample(values: np.ndarray) -> np.ndarray:
@@ -131,7 +120,7 @@ def intensity_range(
     >>> intensity_range(np.array([0.0, 2.0, 4.0]), "PET")
     (0.0, 3.99)
     """
-    name = _check_name(modality)
+    name = modalities.get(modality).name
     values = np.asarray(values)
     if name == "CT" and looks_like_hounsfield(values):
         low, high = float(ct_window[0]), float(ct_window[1])
@@ -211,10 +200,11 @@ def check_modality(image: sitk.Image, modality: str, name: str = "volume") -> No
     Anything subtler (a CT stored without HU given as MRI) cannot be told from the voxels
     alone and is not flagged.
     """
-    expected = _check_name(modality)
+    row = modalities.get(modality)
+    expected = row.name
     tag = _dicom_modality(image)
-    known = {v for values in _DICOM_MODALITIES.values() for v in values}
-    if tag in known and tag not in _DICOM_MODALITIES[expected]:
+    known = {v for m in modalities.TABLE for v in m.dicom}
+    if tag in known and tag not in row.dicom:
         raise InputError(f"{name}: DICOM Modality is {tag}, but a {expected} volume is expected here")
     scalar = image.GetNumberOfComponentsPerPixel() == 1
     if expected != "CT" and scalar and looks_like_hounsfield(sitk.GetArrayViewFromImage(image)):

@@ -25,8 +25,9 @@ Measured on the first 12 validation pairs of each modality, starting from the sh
 network's field (``Testing/benchmarks/tune_refinement.py``; NCC against the truth, network
 alone -> refined, 100 steps, grid 16, smoothness 1): CT 0.897 -> 0.887 (MIND) / 0.777 (LNCC to
 ``B_hat``), PET 0.967 -> 0.922 (MIND) / 0.958 (LNCC), SPECT 0.970 -> 0.947 (MIND) / 0.935
-(LNCC). Hence :data:`DEFAULT_STEPS` is 0 everywhere, and :data:`DEFAULT_USE_TRANSLATION`
-picks, per modality, the less harmful similarity for users who switch refinement on.
+(LNCC). Hence the modality table (:mod:`bsafusion.modality`) sets ``refine_steps`` to 0
+everywhere, and its ``refine_on_translation`` picks, per modality, the less harmful similarity
+for users who switch refinement on.
 """
 
 from __future__ import annotations
@@ -36,26 +37,21 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from bsafusion import modality as modalities
 from bsafusion.deform import resize_field, warp
 from bsafusion.errors import InputError
 from bsafusion.model.descriptors import mind_descriptor
 from bsafusion.similarity import multiscale_lncc
 
-__all__ = ["RefineSettings", "DEFAULT_STEPS", "DEFAULT_USE_TRANSLATION", "default_settings", "refine_field"]
-
-DEFAULT_STEPS: dict[str, int] = {"CT": 0, "PET": 0, "SPECT": 0}
-"""Refinement steps used by default per moving modality (0 = off); why: module docstring."""
-
-DEFAULT_USE_TRANSLATION: dict[str, bool] = {"CT": False, "PET": True, "SPECT": False}
-"""Per modality: refine on LNCC to the network's ``B_hat`` (True) or on MIND to the MRI (False)."""
+__all__ = ["RefineSettings", "default_settings", "refine_field"]
 
 
 @dataclass(frozen=True)
 class RefineSettings:
     """How the field is refined; ``steps=0`` switches refinement off.
 
-    The defaults and the per-modality choices (:data:`DEFAULT_STEPS`,
-    :data:`DEFAULT_USE_TRANSLATION`) are chosen on the validation pairs by
+    The defaults and the per-modality choices (``refine_steps`` and ``refine_on_translation``
+    of :mod:`bsafusion.modality`) are chosen on the validation pairs by
     ``Testing/benchmarks/tune_refinement.py`` (``BSAFusionCore/docs/network.md``); 128 px and 100
     Adam steps cost about 0.33 s per pair on 2 CPU cores (``Testing/benchmarks/speed.py``).
     """
@@ -77,12 +73,10 @@ class RefineSettings:
 
 
 def default_settings(modality: str, steps: int | None = None) -> RefineSettings:
-    """Settings for a modality: :data:`DEFAULT_STEPS` unless ``steps`` is given, and its similarity."""
-    key = modality.upper()
-    if key not in DEFAULT_STEPS:
-        raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(DEFAULT_STEPS)}")
-    return replace(RefineSettings(), steps=DEFAULT_STEPS[key] if steps is None else int(steps),
-                   use_translation=DEFAULT_USE_TRANSLATION[key])
+    """Settings for a moving modality: its default steps unless ``steps`` is given, and its similarity."""
+    row = modalities.moving(modality)
+    return replace(RefineSettings(), steps=row.refine_steps if steps is None else int(steps),
+                   use_translation=row.refine_on_translation)
 
 
 def _downsample(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -22,19 +22,23 @@ import torch
 
 from bsafusion.errors import InputError
 from bsafusion.io import atomic_output
-from bsafusion.model import MODALITY_CLASSES, BSFAF, ModelConfig
+from bsafusion import modality as modalities
+from bsafusion.model.config import ModelConfig
+from bsafusion.model.network import BSFAF
 
 FORMAT = "bsafusion"
 VERSION = 1
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def weights_file_name(modality: str) -> str:
+    """File name of a per-modality weights file (``bsafusion_ct.pt``), shipped or in a weights folder."""
+    return f"bsafusion_{modalities.moving(modality).name.lower()}.pt"
+
+
 def default_weights_path(modality: str) -> Path:
     """Path of the shipped model for ``modality`` (``CT``, ``PET`` or ``SPECT``)."""
-    modality = modality.upper()
-    if modality not in MODALITY_CLASSES[:3]:
-        raise InputError(f"unknown modality {modality!r}; choose CT, PET or SPECT")
-    return Path(str(resources.files("bsafusion") / "weights" / f"bsafusion_{modality.lower()}.pt"))
+    return Path(str(resources.files("bsafusion") / "weights" / weights_file_name(modality)))
 
 
 def save(path: str | Path, model: BSFAF, modality: str, kind: str = "weights", **extra: Any) -> None:

@@ -13,9 +13,6 @@ from typing import Any
 
 from bsafusion.config import check_known_keys
 
-#: Modality classes of the MFRH classifiers. MRI (the fixed image) is a class of its own.
-MODALITY_CLASSES: tuple[str, ...] = ("CT", "PET", "SPECT", "MRI")
-
 #: The paper's ablations (Sec. "Ablation study"): name -> architecture overrides.
 #: Loss-side switches (L_ce2 off for setting A) live in :data:`bsafusion.training.losses.ABLATION_LOSS_OVERRIDES`.
 ABLATIONS: dict[str, dict[str, Any]] = {

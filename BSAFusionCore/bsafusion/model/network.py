@@ -14,7 +14,8 @@ from torch import nn
 
 from bsafusion.deform import invert, resize_field, warp
 from bsafusion.model.bsfa import BSFA, AlignmentResult, FeaturePyramid
-from bsafusion.model.config import MODALITY_CLASSES, ModelConfig
+from bsafusion.modality import CLASS_NAMES
+from bsafusion.model.config import ModelConfig
 from bsafusion.model.encoder import Encoder
 from bsafusion.model.mdffr import MDFFR, ModalityFeatureHead
 from bsafusion.model.mmff import MMFF
@@ -46,9 +47,9 @@ class BSFAF(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or ModelConfig()
-        self.head = ModalityFeatureHead(self.cfg.embed_dim, len(MODALITY_CLASSES))
+        self.head = ModalityFeatureHead(self.cfg.embed_dim, len(CLASS_NAMES))
         self.encoder = Encoder(self.cfg, self.head)
-        self.mdffr = MDFFR(self.cfg, len(MODALITY_CLASSES))
+        self.mdffr = MDFFR(self.cfg, len(CLASS_NAMES))
         self.pyramid = FeaturePyramid(self.cfg)
         self.bsfa = BSFA(self.cfg)
         self.mmff = MMFF(self.cfg)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from bsafusion.config import check_known_keys
 from bsafusion.deform import compose
-from bsafusion.model.config import MODALITY_CLASSES
+from bsafusion import modality as modalities
 from bsafusion.model.descriptors import gaussian_window, mind_descriptor
 from bsafusion.model.network import BSFAFOutput
 from bsafusion.similarity import multiscale_lncc
@@ -58,7 +58,7 @@ from bsafusion.similarity import multiscale_lncc
 #: Loss-side overrides of the paper's ablations (architecture side: ``model.config.ABLATIONS``).
 ABLATION_LOSS_OVERRIDES: dict[str, dict[str, float]] = {"setting_a": {"ce2": 0.0}}
 
-MRI_CLASS = MODALITY_CLASSES.index("MRI")
+MRI_CLASS = modalities.get("MRI").class_index
 
 
 @dataclass(frozen=True)

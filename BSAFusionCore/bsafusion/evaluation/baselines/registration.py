@@ -63,6 +63,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from bsafusion import modality as modalities
 from bsafusion.deform import warp_numpy
 from bsafusion.errors import InputError
 from bsafusion.evaluation.metrics.registration import as_image
@@ -136,10 +137,7 @@ class ClassicalSettings:
         CT 0.42 / 0.50 px, PET 1.84 / 1.24 px, SPECT 1.34 / 1.24 px (rigid + affine alone:
         0.87, 1.23, 1.35 px). So CT keeps 8x8 and PET/SPECT get 4x4.
         """
-        name = modality.upper()
-        if name not in ("CT", "PET", "SPECT", "MRI"):
-            raise InputError(f"unknown modality {modality!r}; choose CT, PET or SPECT")
-        return cls(mesh_size=(4, 4)) if name in ("PET", "SPECT") else cls()
+        return cls(mesh_size=(4, 4)) if modalities.get(modality).colour else cls()
 
     def to_dict(self) -> dict:
         """Plain dictionary, e.g. to record the settings next to the benchmark results."""

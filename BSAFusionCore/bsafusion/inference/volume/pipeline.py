@@ -45,7 +45,7 @@ Conventions
 * **Fused** volume: the network's fused slices stacked (from the per-slice fields, before
   smoothing), float32 in [0, 1], fixed geometry. CT: scalar. PET/SPECT: volumes carry no
   colour, so the moving activity (normalised SUV-like) is rendered with the Harvard-like
-  lookup table :func:`bsafusion.phantom.pseudo_colour` before the network, exactly like the
+  lookup table :func:`bsafusion.colour.pseudo_colour` before the network, exactly like the
   2D colour slices the network was trained on: the network fuses the luma Y and the aligned
   chroma is put back (:func:`bsafusion.colour.merge_luma`), so the fused volume is an RGB
   vector image (3 components, float32 in [0, 1]).
@@ -77,13 +77,13 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from bsafusion.colour import merge_luma, split_luma
+from bsafusion import modality as modalities
+from bsafusion.colour import merge_luma, pseudo_colour, split_luma
 from bsafusion.deform import compose
 from bsafusion.errors import InputError
-from bsafusion.inference.fuser import MIN_SIZE, MODALITIES, Fuser
+from bsafusion.inference.fuser import MIN_SIZE, Fuser
 from bsafusion.inference.intensity import check_modality, normalise_volume
 from bsafusion.evaluation.metrics.registration import jacobian_determinant
-from bsafusion.phantom import pseudo_colour
 from bsafusion.device import resolve_device
 from bsafusion.transforms import field_to_displacement_image
 from bsafusion.inference.volume.geometry import (
@@ -111,7 +111,6 @@ SLICE_SIGMA_MM = 2.0
 PREALIGN_SPACING_MM = 2.5
 _CONTENT_LEVEL = 0.05  # normalised intensity counted as anatomy
 _CONTENT_FRACTION = 0.005  # share of a slice's pixels above _CONTENT_LEVEL for it to hold anatomy
-_COLOUR = ("PET", "SPECT")
 
 Progress = Callable[[float, str], None]
 
@@ -195,7 +194,7 @@ def _has_anatomy(image: np.ndarray) -> bool:
 
 def _moving_input(activity: np.ndarray, modality: str) -> np.ndarray:
     """What the network sees of a moving slice: grey for CT, pseudo-colour RGB for PET/SPECT."""
-    return pseudo_colour(activity, modality) if modality in _COLOUR else np.ascontiguousarray(activity)
+    return pseudo_colour(activity, modality) if modalities.get(modality).colour else np.ascontiguousarray(activity)
 
 
 def _fallback_fused(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
@@ -210,7 +209,7 @@ def _run_network(fuser: Fuser, fixed_w: np.ndarray, moving_w: np.ndarray, modali
                  batch_size: int, report: _Reporter, span: tuple[float, float]) -> _Stacks:
     """Every slice with anatomy through the network; the others get the fallback."""
     depth, height, width = fixed_w.shape
-    colour = modality in _COLOUR
+    colour = modalities.get(modality).colour
     stacks = _Stacks(
         forward=np.zeros((depth, 2, height, width), np.float32),
         inverse=np.zeros((depth, 2, height, width), np.float32),
@@ -374,9 +373,7 @@ def register_and_fuse_volumes(
     started = time.perf_counter()
     report = _Reporter(progress, cancel)
     timings: dict[str, float] = {}
-    modality = str(modality).upper()
-    if modality not in MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    modality = modalities.moving(modality).name
     if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     if not slice_sigma_mm >= 0:

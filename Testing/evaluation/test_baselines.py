@@ -13,9 +13,9 @@ from bsafusion.evaluation.baselines import (
     fuse_colour,
     fuse_laplacian,
     fuse_max_abs,
-    prealign_affine,
     register_classical,
 )
+from bsafusion.inference.prealign import prealign_affine
 from bsafusion.evaluation.baselines.fusion_rules import collapse_pyramid, laplacian_pyramid
 from bsafusion.evaluation.baselines.registration import _mesh_schedule
 from bsafusion.colour import split_luma

@@ -750,15 +750,6 @@ def test_batch_script_exits_slicer_with_the_status(slicer_env, tiny_weights, tmp
 # ------------------------------------------------------------------------------ self-test
 
 
-def _prealign_available() -> bool:
-    try:
-        from bsafusion.evaluation.baselines import prealign_affine  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _prealign_available(), reason="the core's pre-alignment (baselines.prealign_affine) is not there yet")
 def test_module_self_test_code_runs_against_the_standin(slicer_env):
     """Only checks that BSAFusionTest itself is sound Python; its claims need a real Slicer."""
     test = slicer_env.bsa.BSAFusionTest()

@@ -138,8 +138,6 @@ def rigid_case(head, tiny_weights):
     The moving volume holds the CT of the fixed grid's anatomy, with its geometry moved rigidly,
     so the true fixed -> moving point map is ``T(p) = O_m + R (p - O_f)``, ``R = D_m D_f^T``.
     """
-    if not hasattr(pytest.importorskip("bsafusion.evaluation.baselines"), "prealign_affine"):
-        pytest.skip("bsafusion.evaluation.baselines.prealign_affine is not available")
     d_fixed = _rotation(z_deg=20.0)
     fixed = _image(head["mri"], direction=d_fixed)
     motion = _rotation(z_deg=6.0, x_deg=-4.0)

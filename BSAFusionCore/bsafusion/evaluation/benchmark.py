@@ -26,7 +26,7 @@ Methods (selection keys in brackets, table order)
 ``Classical reg + <rule>`` [``classical``]
     SimpleITK Mattes-MI affine then B-spline registration
     (:func:`bsafusion.evaluation.baselines.register_classical`, settings of
-    :meth:`~bsafusion.evaluation.baselines.ClassicalSettings.for_modality`), then a classical fusion rule
+    :meth:`~bsafusion.inference.prealign.ClassicalSettings.for_modality`), then a classical fusion rule
     (:data:`bsafusion.evaluation.baselines.FUSION_RULES`: average, max-abs, Laplacian pyramid) on luma.
     The registration runs once per case and is shared by the three rules; each rule's
     ``seconds`` is that registration time plus its own fusion time, i.e. what a user pays for

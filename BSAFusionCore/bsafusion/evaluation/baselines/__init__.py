@@ -1,11 +1,11 @@
 """Classical two-stage baselines: register with SimpleITK, then fuse with a fixed rule.
 
-These are what a user would run today instead of BSFA-F (issue 5). The evaluation suite runs
+These are what a user would run instead of BSFA-F. The evaluation suite runs
 them next to the network on the same cases:
 
 * :func:`register_classical` - Mattes-MI affine then B-spline registration of a 2D pair,
   returning the aligned moving image and the dense field (:mod:`bsafusion.deform` convention);
-  :func:`prealign_affine` is its 2D/3D physical-space affine/rigid stage, reused by volumes.
+  its affine/rigid stage is the product's pre-alignment (:mod:`bsafusion.inference.prealign`).
 * :data:`FUSION_RULES` - ``average``, ``max_abs`` and ``laplacian`` (pyramid) fusion of luma;
   :func:`fuse_colour` fuses the Y channel of PET/SPECT and puts the chroma back.
 
@@ -24,7 +24,8 @@ from bsafusion.evaluation.baselines.fusion_rules import (
     fuse_max_abs,
     get_rule,
 )
-from bsafusion.evaluation.baselines.registration import ClassicalResult, ClassicalSettings, prealign_affine, register_classical
+from bsafusion.evaluation.baselines.registration import ClassicalResult, register_classical
+from bsafusion.inference.prealign import ClassicalSettings
 
 __all__ = [
     "FUSION_RULES",
@@ -35,6 +36,5 @@ __all__ = [
     "fuse_laplacian",
     "fuse_max_abs",
     "get_rule",
-    "prealign_affine",
     "register_classical",
 ]

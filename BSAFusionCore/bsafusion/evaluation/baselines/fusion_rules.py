@@ -48,7 +48,7 @@ from skimage.transform import resize
 
 from bsafusion.colour import merge_luma, split_luma
 from bsafusion.errors import InputError
-from bsafusion.evaluation.metrics.registration import as_images
+from bsafusion.checks import as_images
 
 __all__ = ["FUSION_RULES", "fuse_average", "fuse_max_abs", "fuse_laplacian", "get_rule", "fuse_colour"]
 

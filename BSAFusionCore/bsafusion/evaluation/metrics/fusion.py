@@ -31,7 +31,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 from bsafusion.errors import InputError
-from bsafusion.evaluation.metrics.registration import _check_data_range, _check_int, _check_min_size, as_images, ssim
+from bsafusion.checks import as_images, check_data_range, check_int, check_min_size
+from bsafusion.evaluation.metrics.registration import ssim
 
 __all__ = ["q_abf", "q_cv", "q_vif", "q_s", "q_ssim"]
 
@@ -47,7 +48,7 @@ def _inputs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The three images validated as float64 of one shape, and the checked ``data_range``."""
     fused, a, b = as_images(_NAMES, (fused, a, b))
-    return fused, a, b, _check_data_range(data_range)
+    return fused, a, b, check_data_range(data_range)
 
 
 def _to_8bit_scale(data_range: float, *images: np.ndarray) -> list[np.ndarray]:
@@ -262,7 +263,7 @@ def q_cv(
     0.0
     """
     fused, a, b, data_range = _inputs(fused, a, b, data_range)
-    window = _check_int(window, "window", 1)
+    window = check_int(window, "window", 1)
     alpha = float(alpha)
     if not np.isfinite(alpha) or alpha <= 0:
         raise InputError(f"alpha must be a positive finite number, got {alpha!r}")
@@ -393,7 +394,7 @@ def q_vif(fused: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: float = 1
     1.0
     """
     fused, a, b, data_range = _inputs(fused, a, b, data_range)
-    _check_min_size(fused, _VIFF_MIN_SIZE, "q_vif")
+    check_min_size(fused, _VIFF_MIN_SIZE, "q_vif")
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         raise InputError("q_vif is undefined: both source images are constant (no information)")
     fused, a, b = _to_8bit_scale(data_range, fused, a, b)
@@ -496,8 +497,8 @@ def q_s(
     1.0
     """
     fused, a, b, data_range = _inputs(fused, a, b, data_range)
-    window = _check_int(window, "window", 2)
-    _check_min_size(fused, window, "q_s")
+    window = check_int(window, "window", 2)
+    check_min_size(fused, window, "q_s")
     tol = (1e-6 * data_range) ** 2
 
     # second moments of globally centred images: same variances, less cancellation
@@ -566,5 +567,5 @@ def q_ssim(fused: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: float = 
     1.0
     """
     fused, a, b, data_range = _inputs(fused, a, b, data_range)
-    _check_min_size(fused, 11, "q_ssim")
+    check_min_size(fused, 11, "q_ssim")
     return 0.5 * (ssim(fused, a, data_range) + ssim(fused, b, data_range))

@@ -12,19 +12,19 @@ Every public function validates its inputs and raises :class:`bsafusion.errors.I
 for wrong dimensions, mismatched shapes, NaN/Inf values or empty arrays. Image metrics accept
 2-D and 3-D arrays; they are computed in float64.
 
-The input validation lives here once: :func:`as_image` and :func:`as_images` are public for
-the rest of the package (:mod:`bsafusion.evaluation.metrics.fusion`, :mod:`bsafusion.evaluation.baselines`); the
-private checks (data range, sizes, integer parameters) and :func:`ssim` are shared with
-:mod:`bsafusion.evaluation.metrics.fusion`.
+The input checks are :mod:`bsafusion.checks`; :func:`jacobian_determinant`, a property of a
+field that the volume pipeline writes out, lives in :mod:`bsafusion.deform`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from bsafusion.checks import as_field, as_images, as_mask, check_data_range, check_min_size
+from bsafusion.deform import jacobian_determinant
 from bsafusion.errors import InputError
 
 __all__ = [
@@ -37,111 +37,6 @@ __all__ = [
     "jacobian_determinant",
     "folding_fraction",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers (shared with fusion.py)
-# --------------------------------------------------------------------------------------------
-def _to_numpy(x: Any) -> np.ndarray:
-    """Array view of ``x``; torch tensors are detached and moved to the CPU (no torch import)."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _is_real(arr: np.ndarray) -> bool:
-    numeric = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    return numeric and arr.dtype != bool
-
-
-def _real_array(x: Any, name: str) -> np.ndarray:
-    """``x`` as a real numeric numpy array (any shape), or :class:`InputError` naming ``name``."""
-    try:
-        arr = _to_numpy(x)
-    except Exception as exc:  # noqa: BLE001 - anything unconvertible is the caller's input
-        raise InputError(f"{name}: cannot be read as an array ({exc})") from exc
-    if not _is_real(arr):
-        raise InputError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
-    return arr
-
-
-def _finite_float64(arr: np.ndarray, name: str, kind: str) -> np.ndarray:
-    """``arr`` as float64 once checked non-empty and finite (``kind`` names it in the message)."""
-    if arr.size == 0:
-        raise InputError(f"{name}: empty {kind} (shape {arr.shape})")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{name}: contains NaN or Inf values")
-    return arr
-
-
-def as_image(x: Any, name: str, ndims: tuple[int, ...] = (2,)) -> np.ndarray:
-    """Validate one image and return it as float64.
-
-    Accepts numpy arrays, anything :func:`numpy.asarray` reads, and torch tensors (detached,
-    moved to the CPU). Raises :class:`InputError`, naming ``name``, for a non-numeric array, a
-    dimension not in ``ndims``, an empty array or non-finite values.
-    """
-    arr = _real_array(x, name)
-    if arr.ndim not in ndims:
-        want = " or ".join(f"{d}-D" for d in ndims)
-        raise InputError(f"{name}: expected a {want} array, got shape {arr.shape}")
-    return _finite_float64(arr, name, "array")
-
-
-def as_images(
-    names: Sequence[str], arrays: Sequence[Any], ndims: tuple[int, ...] = (2,)
-) -> list[np.ndarray]:
-    """Validate several images with :func:`as_image` and check they all have the same shape."""
-    out = [as_image(x, n, ndims) for n, x in zip(names, arrays)]
-    for n, x in zip(names[1:], out[1:]):
-        if x.shape != out[0].shape:
-            raise InputError(f"shape mismatch: {names[0]} is {out[0].shape}, {n} is {x.shape}")
-    return out
-
-
-def _check_data_range(data_range: float) -> float:
-    value = float(data_range)
-    if not np.isfinite(value) or value <= 0:
-        raise InputError(f"data_range must be a positive finite number, got {data_range!r}")
-    return value
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an int if it is an integer (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise InputError(f"{name} must be {want}, got {value!r}")
-    return int(value)
-
-
-def _check_min_size(arr: np.ndarray, minimum: int, what: str) -> None:
-    if min(arr.shape) < minimum:
-        raise InputError(f"{what} needs images of at least {minimum} pixels per side, got shape {arr.shape}")
-
-
-def _as_field(x: Any, name: str) -> np.ndarray:
-    """Validate a displacement field of shape ``(n, *spatial)`` with ``n`` = 2 or 3."""
-    arr = _real_array(x, name)
-    if arr.ndim not in (3, 4) or arr.shape[0] != arr.ndim - 1:
-        raise InputError(
-            f"{name}: expected a displacement field of shape (2, H, W) or (3, D, H, W) "
-            f"(channels x, y[, z]; no batch axis), got shape {arr.shape}"
-        )
-    return _finite_float64(arr, name, "field")
-
-
-def _as_mask(mask: Any, spatial: tuple[int, ...]) -> np.ndarray:
-    m = _to_numpy(mask)
-    if m.shape != spatial:
-        raise InputError(f"mask shape {m.shape} does not match the field grid {spatial}")
-    if m.dtype != bool:
-        if not np.all(np.isfinite(m)):
-            raise InputError("mask contains NaN or Inf values")
-        m = m != 0
-    if not m.any():
-        raise InputError("mask selects no pixels")
-    return m
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +81,7 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 def _joint_histogram(a: np.ndarray, b: np.ndarray, bins: int) -> np.ndarray:
     """Joint probability table of ``a`` and ``b``, ``bins`` equal bins over each image's range."""
-    bins = _check_int(bins, "bins", 2)
+    bins = check_int(bins, "bins", 2)
     ranges = [(float(x.min()), float(x.max())) for x in (a, b)]
     # a constant image gets one bin's worth of range so that numpy's edges stay finite
     ranges = [(lo, hi) if hi > lo else (lo - 0.5, lo + 0.5) for lo, hi in ranges]
@@ -310,8 +205,8 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     1.0
     """
     a, b = as_images(("a", "b"), (a, b), ndims=(2, 3))
-    data_range = _check_data_range(data_range)
-    _check_min_size(a, 11, "ssim")
+    data_range = check_data_range(data_range)
+    check_min_size(a, 11, "ssim")
     value = structural_similarity(
         a, b, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
     )
@@ -391,8 +286,8 @@ def endpoint_error(
     >>> endpoint_error(u, v, spacing=(2.0, 0.5))
     6.324555320336759
     """
-    field = _as_field(field, "field")
-    truth = _as_field(truth, "truth")
+    field = as_field(field, "field")
+    truth = as_field(truth, "truth")
     if field.shape != truth.shape:
         raise InputError(f"shape mismatch: field is {field.shape}, truth is {truth.shape}")
     diff = field - truth
@@ -404,60 +299,8 @@ def endpoint_error(
         diff = diff * sp.reshape((n,) + (1,) * n)
     err = np.sqrt(np.sum(diff * diff, axis=0))
     if mask is not None:
-        err = err[_as_mask(mask, field.shape[1:])]
+        err = err[as_mask(mask, field.shape[1:])]
     return float(err.mean())
-
-
-def jacobian_determinant(field: np.ndarray) -> np.ndarray:
-    """Jacobian determinant map of ``phi(p) = p + u(p)`` for a 2-D or 3-D displacement field.
-
-    Parameters
-    ----------
-    field : ndarray
-        ``u`` of shape ``(2, H, W)`` or ``(3, D, H, W)`` in pixels, channels in ITK order:
-        channel 0 is the displacement along *x*, the **last** array axis; channel 1 along *y*;
-        channel 2 along *z*, the first spatial axis (see :mod:`bsafusion.deform`). Every
-        spatial size must be at least 2.
-
-    Returns
-    -------
-    ndarray
-        ``det(I + du/dp)`` on the grid (shape ``(H, W)`` or ``(D, H, W)``), with
-        ``J_ij = delta_ij + d u_i / d x_j`` where ``x_j`` is spatial coordinate ``j`` in ITK
-        order (array axis ``n - 1 - j``). Derivatives are central differences
-        (:func:`numpy.gradient`; one-sided at the border). The determinant is the local
-        volume change: 1 preserves volume, ``<= 0`` means folding. Pixel spacing does not
-        change it (``J_mm = S J S^-1``).
-
-    References
-    ----------
-    .. [1] J. Ashburner, "A fast diffeomorphic image registration algorithm," NeuroImage,
-       vol. 38, no. 1, pp. 95-113, 2007.
-    .. [2] G. Balakrishnan, A. Zhao, M. R. Sabuncu, J. Guttag and A. V. Dalca, "VoxelMorph: a
-       learning framework for deformable medical image registration," IEEE Transactions on
-       Medical Imaging, vol. 38, no. 8, pp. 1788-1800, 2019.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> u = np.zeros((2, 5, 6))
-    >>> u[0] = 0.5 * np.arange(6.0)[None, :]   # x-displacement grows with x: stretch by 1.5
-    >>> float(jacobian_determinant(u).mean())
-    1.5
-    """
-    u = _as_field(field, "field")
-    n = u.shape[0]
-    if min(u.shape[1:]) < 2:
-        raise InputError(f"jacobian_determinant needs at least 2 pixels per axis, got grid {u.shape[1:]}")
-    # jac[i][j] = d phi_i / d x_j; coordinate x_j (ITK order) runs along array axis n - 1 - j
-    jac = [[np.gradient(u[i], axis=n - 1 - j) + (1.0 if i == j else 0.0) for j in range(n)] for i in range(n)]
-    if n == 2:
-        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
-    return (
-        jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
-        - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
-        + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
-    )
 
 
 def folding_fraction(field: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -490,5 +333,5 @@ def folding_fraction(field: np.ndarray, mask: np.ndarray | None = None) -> float
     """
     det = jacobian_determinant(field)
     if mask is not None:
-        det = det[_as_mask(mask, det.shape)]
+        det = det[as_mask(mask, det.shape)]
     return float(np.mean(det <= 0))

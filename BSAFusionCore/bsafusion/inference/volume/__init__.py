@@ -4,7 +4,7 @@ The network is 2D (as in the paper); this package makes it serve volumes in phys
 ``fixed`` is the MRI and defines the output geometry; ``moving`` is the CT, PET or SPECT.
 
 1. checks and per-volume intensity scaling (:mod:`bsafusion.inference.intensity`);
-2. mutual-information affine pre-alignment (:func:`bsafusion.evaluation.baselines.prealign_affine`);
+2. mutual-information affine pre-alignment (:func:`bsafusion.inference.prealign.prealign_affine`);
 3. the moving volume is resampled into the fixed grid;
 4. slices along the chosen plane (axial by default, in the fixed volume's LPS terms) go
    through the network in batches (:mod:`bsafusion.inference.volume.geometry` says how the plane is

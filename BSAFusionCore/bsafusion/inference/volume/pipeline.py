@@ -5,7 +5,7 @@ Stages (the keys of :attr:`VolumeResult.timings`)
 ``normalise``
     Checks (geometry, modality) and per-volume intensity scaling (:mod:`bsafusion.inference.intensity`).
 ``prealign``
-    Mutual-information pre-alignment (:func:`bsafusion.evaluation.baselines.prealign_affine`), **rigid**
+    Mutual-information pre-alignment (:func:`bsafusion.inference.prealign.prealign_affine`), **rigid**
     by default (``prealign_rigid=True``): both volumes show the same patient's head, which
     differs in pose, not in size; a 12-parameter affine (``prealign_rigid=False``) can also
     absorb scanner scaling, but on partial fields of view (a CT slab inside a whole-head MRI)
@@ -79,11 +79,11 @@ from scipy import ndimage
 
 from bsafusion import modality as modalities
 from bsafusion.colour import merge_luma, pseudo_colour, split_luma
-from bsafusion.deform import compose
+from bsafusion.deform import compose, jacobian_determinant
 from bsafusion.errors import InputError
 from bsafusion.inference.fuser import MIN_SIZE, Fuser
+from bsafusion.inference.prealign import prealign_affine
 from bsafusion.inference.intensity import check_modality, normalise_volume
-from bsafusion.evaluation.metrics.registration import jacobian_determinant
 from bsafusion.device import resolve_device
 from bsafusion.transforms import field_to_displacement_image
 from bsafusion.inference.volume.geometry import (
@@ -290,8 +290,6 @@ def _coarse(image: sitk.Image, spacing_mm: float) -> sitk.Image:
 
 def _prealign(fixed: sitk.Image, moving: sitk.Image, rigid: bool) -> sitk.Transform:
     """Pre-alignment of the *normalised* volumes (non-negative, air 0), initialised by moments."""
-    from bsafusion.evaluation.baselines import prealign_affine  # the registration baseline, loaded when used
-
     return prealign_affine(_coarse(fixed, PREALIGN_SPACING_MM), _coarse(moving, PREALIGN_SPACING_MM),
                            rigid=rigid, initializer="moments")
 

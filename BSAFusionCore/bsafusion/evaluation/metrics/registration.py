@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from bsafusion.checks import as_field, as_images, as_mask, check_data_range, check_min_size
+from bsafusion.checks import as_field, as_images, as_mask, check_data_range, check_int, check_min_size
 from bsafusion.deform import jacobian_determinant
 from bsafusion.errors import InputError
 

@@ -39,6 +39,7 @@ __all__ = [
     "compose",
     "invert",
     "integrate_velocity",
+    "resize_image",
     "resize_field",
     "jacobian_determinant",
     "warp_numpy",
@@ -123,6 +124,18 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     for _ in range(steps):
         u = compose(u, u)
     return u
+
+
+def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resample ``(N, C, H, W)`` images to ``size`` (bilinear, anti-aliased when shrinking).
+
+    The grid convention is the fields' (``align_corners=True``: corner pixel centres stay
+    put), so an image and a field resized together still match pixel for pixel; mixing in
+    ``align_corners=False`` would shift the image against its field by up to half a pixel.
+    """
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=True, antialias=True)
 
 
 def resize_field(field: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -42,7 +42,7 @@ from bsafusion.evaluation.evaluate import (
 )
 from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import phantom_pair
-from bsafusion import modality
+from bsafusion import modality as modalities
 from bsafusion.evaluation.report import METRIC_LABELS, format_value
 
 from report_tables import parse_report_tables  # Testing/report_tables.py
@@ -121,7 +121,7 @@ def test_every_output_file_exists(full):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["methods"] == _methods(rows) and settings["seed"] == 0
     assert settings["weights"]["Ablation: multi"] == {m: str(out.parent / "run" / "best.pt") for m in CASES}
-    assert settings["refine_steps"][OURS] == {m: modality.get(m).refine_steps for m in CASES}
+    assert settings["refine_steps"][OURS] == {m: modalities.get(m).refine_steps for m in CASES}
 
 
 def test_every_method_on_every_case(full):

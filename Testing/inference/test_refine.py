@@ -97,23 +97,30 @@ def test_settings_are_checked_and_defaults_follow_the_modality():
         default_settings("MRI")
 
 
-def test_network_fuses_with_the_refined_field(tiny_weights):
-    from bsafusion.model import checkpoint
+def test_refinement_runs_between_registration_and_fusion(tiny_weights, monkeypatch):
+    """The fuser fuses with the refined field and inverts it; the network is called without a callback."""
+    import bsafusion.inference.fuser as fuser_module
 
-    model: BSFAF = checkpoint.load_model(tiny_weights["CT"], "CT")
-    size = model.cfg.img_size
+    fuser = Fuser("CT", tiny_weights["CT"], "cpu", refine=5)
+    size = fuser.model.cfg.img_size
     pair = phantom_pair("CT", (size, size), seed=7)
-    fixed, moving = _tensor(pair.mri), _tensor(pair.other)
     given = torch.from_numpy(random_elastic_field((size, size), np.random.default_rng(0), 3.0))[None]
-    with torch.no_grad():
-        plain = model(fixed, moving)
-        refined = model(fixed, moving, refine=lambda a, b, f, translation: given)
-    assert torch.equal(refined.field_ba, given)
-    assert torch.allclose(refined.warped_moving, warp(moving, given))
-    # field_ab is the inverse of the refined field: composing them is ~ the identity
-    residual = compose(refined.field_ab, refined.field_ba)[..., 4:-4, 4:-4]
+    seen = {}
+
+    def fake_refine(fixed, moving, field, settings, translation=None):
+        seen["field"] = field
+        return given
+
+    plain = Fuser("CT", tiny_weights["CT"], "cpu", refine=0).fuse(pair.mri, pair.other)
+    monkeypatch.setattr(fuser_module, "refine_field", fake_refine)
+    refined = fuser.fuse(pair.mri, pair.other)
+    np.testing.assert_allclose(seen["field"][0].numpy(), plain.field, atol=1e-5)  # refinement starts from the network's
+    np.testing.assert_array_equal(refined.field, given[0].numpy())
+    # the inverse field is the refined field's inverse: composing them is ~ the identity
+    residual = compose(torch.from_numpy(refined.inverse_field)[None], given)[..., 4:-4, 4:-4]
     assert float(residual.norm(dim=1).max()) < 0.05
-    assert not torch.allclose(refined.fused, plain.fused, atol=1e-4)  # MMFF used the new field
+    np.testing.assert_allclose(refined.aligned, warp(_tensor(pair.other), given, padding="border")[0, 0].numpy(), atol=1e-6)
+    assert not np.allclose(refined.fused, plain.fused, atol=1e-4)  # MMFF used the new field
 
 
 def test_fuser_follows_the_modality_default_and_refines_on_request(tiny_weights):

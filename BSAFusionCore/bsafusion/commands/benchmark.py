@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from bsafusion.modality import MOVING
+
 NAME = "benchmark"
 HELP = "compare BSAFusion with two-stage baselines on unaligned cases (tables, plots, panels)"
 
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="benchmark_out",
                         help="results folder (default: benchmark_out; checked before anything is computed)")
     parser.add_argument("--methods", help=f"comma-separated subset of: {_METHOD_HELP} (default: all available)")
-    parser.add_argument("--modality", nargs="+", type=str.upper, choices=["CT", "PET", "SPECT"],
+    parser.add_argument("--modality", nargs="+", type=str.upper, choices=MOVING,
                         help="modalities to run (default: every one found in --cases)")
     parser.add_argument("--weights-dir", help="folder of bsafusion_<mod>.pt for 'ours' (default: shipped weights)")
     parser.add_argument("--ablation", action="append", type=_ablation, default=[], metavar="NAME=PATH",

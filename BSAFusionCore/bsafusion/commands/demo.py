@@ -13,14 +13,16 @@ import argparse
 import csv
 from pathlib import Path
 
+from bsafusion.modality import MOVING
+
 NAME = "demo"
 HELP = "register + fuse synthetic phantom pairs and report metrics"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--modality", nargs="+", type=str.upper, default=["CT", "PET", "SPECT"],
-                        choices=["CT", "PET", "SPECT"])
+    parser.add_argument("--modality", nargs="+", type=str.upper, default=list(MOVING),
+                        choices=MOVING)
     parser.add_argument("--seed", type=int, default=7, help="phantom and misalignment seed")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--weights-dir", help="folder with bsafusion_<modality>.pt (default: shipped models)")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from bsafusion.modality import MOVING
+
 NAME = "evaluate"
 HELP = "score a folder of fused/aligned outputs against the aligned truth"
 
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="method", help="method name in tables (default: method)")
     parser.add_argument("--out", default="eval_out",
                         help="output folder (default: eval_out; checked before anything is computed)")
-    parser.add_argument("--modality", nargs="+", type=str.upper, choices=["CT", "PET", "SPECT"],
+    parser.add_argument("--modality", nargs="+", type=str.upper, choices=MOVING,
                         help="modalities to evaluate (default: every one found in --cases)")
     parser.add_argument("--no-baseline", action="store_true", help="leave out the no-registration line")
     parser.add_argument("--no-plots", action="store_true", help="do not write box plots")

@@ -1,8 +1,11 @@
 """Inference: register and fuse unaligned 2D pairs with a trained BSFA-F model.
 
 The fixed image (MRI) defines the output geometry. Both images are resampled to the network
-size (``cfg.img_size``), the network runs once, and the results are brought back to the fixed
-image's size: the field is resampled *and rescaled* to the fixed grid's pixels, the moving image
+size (``cfg.img_size``, :func:`bsafusion.deform.resize_image`, the fields' grid convention); the
+network registers them (:meth:`~bsafusion.model.BSFAF.register`), per-pair refinement
+(:mod:`bsafusion.inference.refine`, off by default) may replace its field, and the network fuses
+with the field kept (:meth:`~bsafusion.model.BSFAF.fuse`). The results are brought back to the
+fixed image's size: the field is resampled *and rescaled* to the fixed grid's pixels, the moving image
 is warped at full resolution by that field, and the fused luma is resampled bilinearly.
 PET/SPECT are fused on their Y channel (YCbCr); the aligned chroma (Cb, Cr) is put back.
 
@@ -13,36 +16,33 @@ Field convention: see :mod:`bsafusion.deform` (pixels of the fixed grid, channel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from skimage.transform import resize
 from tqdm import tqdm
 
-from bsafusion.model import checkpoint
 from bsafusion import modality as modalities
 from bsafusion.colour import NEUTRAL_CHROMA, merge_luma, split_luma
-from bsafusion.deform import resize_field, warp
+from bsafusion.deform import invert, resize_field, resize_image, warp
 from bsafusion.errors import InputError
+from bsafusion.device import resolve_device
+from bsafusion.inference.refine import RefineSettings, default_settings, refine_field
 from bsafusion.io import (
     GEOMETRY_FREE_SUFFIXES,
     IMAGE_SUFFIXES,
+    as_slice_image,
     image_stem,
     image_suffix,
-    luma_pixels,
-    read_slice_image,
+    read_image,
     slice_pixels,
     staged_outputs,
     write_image,
 )
-from bsafusion.model import BSFAF
-from bsafusion.inference.refine import RefineSettings, default_settings, refine_field
-from bsafusion.device import resolve_device
+from bsafusion.model import BSFAF, checkpoint
 from bsafusion.transforms import field_to_displacement_image
 from bsafusion.visualize import checkerboard, save_panel
 
@@ -91,12 +91,6 @@ def _check_image(image: np.ndarray, name: str, allow_rgb: bool) -> np.ndarray:
     if image.min() < -1e-3 or image.max() > 1 + 1e-3:
         raise InputError(f"{name}: values must be scaled to [0, 1] (got {image.min():.3g}..{image.max():.3g})")
     return np.clip(image, 0, 1)
-
-
-def _resize(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=True, antialias=True)
 
 
 class Fuser:
@@ -164,23 +158,28 @@ class Fuser:
         dev = self.device
         fixed_t = torch.from_numpy(np.stack(fixed_list))[:, None].to(dev)
         moving_full = torch.stack([
-            _resize(torch.from_numpy(m)[None, None], shape)[0] for m in luma_list
+            resize_image(torch.from_numpy(m)[None, None], shape)[0] for m in luma_list
         ]).to(dev)
         net = (self.model.cfg.img_size,) * 2
-        refine = partial(refine_field, settings=self.refine) if self.refine.steps else None
-        out = self.model(_resize(fixed_t, net), _resize(moving_full, net), refine=refine)
-        field = resize_field(out.field_ba, shape)
-        inverse = resize_field(out.field_ab, shape)
+        fixed_net, moving_net = resize_image(fixed_t, net), resize_image(moving_full, net)
+        registration = self.model.register(fixed_net, moving_net)
+        field_net, inverse_net = registration.field_ba, registration.field_ab
+        if self.refine.steps:
+            field_net = refine_field(fixed_net, moving_net, field_net, self.refine, registration.translation)
+            inverse_net = invert(field_net)
+        fused_luma = resize_image(self.model.fuse(registration, field_net), shape).clamp(0, 1)
+        field = resize_field(field_net, shape)
+        inverse = resize_field(inverse_net, shape)
+        # the moving image is warped once, at full size (the network's own warp is for training)
         # border padding: the studio-range background of PET/SPECT luma is 16/255, not 0
         aligned_luma = warp(moving_full, field, padding="border")
-        fused_luma = _resize(out.fused, shape).clamp(0, 1)
 
         results = []
         for i, chroma in enumerate(chroma_list):
             y_fused = fused_luma[i, 0].cpu().numpy()
             y_aligned = aligned_luma[i, 0].cpu().numpy()
             if chroma is not None:
-                chroma_t = _resize(torch.from_numpy(np.moveaxis(chroma, -1, 0))[None].to(dev), shape)
+                chroma_t = resize_image(torch.from_numpy(np.moveaxis(chroma, -1, 0))[None].to(dev), shape)
                 # zero padding would mean "Cb = Cr = 0" (saturated green): pad with neutral chroma
                 chroma_al = (warp(chroma_t - NEUTRAL_CHROMA, field[i : i + 1]) + NEUTRAL_CHROMA)[0].cpu().numpy()
                 chroma_al = np.moveaxis(chroma_al, 0, -1)
@@ -284,11 +283,20 @@ def fuse_files(fixed_path: str | Path, moving_path: str | Path, fuser: Fuser, ou
     suffix (``pet.nii.gz`` -> ``pet``).
     """
     fixed_path, moving_path = Path(fixed_path), Path(moving_path)
-    fixed_image = read_slice_image(fixed_path)
-    moving_image = moving_on_fixed_grid(fixed_image, read_slice_image(moving_path), fixed_path, moving_path)
+    return fuse_images(read_image(fixed_path), read_image(moving_path), fixed_path, moving_path, fuser, out_dir, stem)
+
+
+def fuse_images(fixed_image: sitk.Image, moving_image: sitk.Image, fixed_path: Path, moving_path: Path,
+                fuser: Fuser, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
+    """:func:`fuse_files` on images already read (:func:`bsafusion.io.read_image`) from those paths.
+
+    Each image is decoded once: the moving pixels (grey, or RGB that the fuser splits into
+    luma and chroma) serve the network, the colour put back and the panel alike.
+    """
+    fixed_image = as_slice_image(fixed_image, fixed_path)
+    moving_image = moving_on_fixed_grid(fixed_image, as_slice_image(moving_image, moving_path), fixed_path, moving_path)
     fixed = slice_pixels(fixed_image, fixed_path, grey=True)
-    luma, chroma = luma_pixels(moving_image, moving_path)
-    moving = luma if chroma is None else slice_pixels(moving_image, moving_path, grey=False)
+    moving = slice_pixels(moving_image, moving_path, grey=None)
     result = fuser.fuse(fixed, moving, names=(str(fixed_path), str(moving_path)))
     return write_result(result, fixed_image, out_dir, stem or image_stem(moving_path), fixed, moving)
 

@@ -35,10 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from bsafusion import modality as modalities
-from bsafusion.deform import resize_field, warp
+from bsafusion.deform import resize_field, resize_image, warp
 from bsafusion.errors import InputError
 from bsafusion.model.descriptors import mind_descriptor
 from bsafusion.similarity import multiscale_lncc
@@ -79,12 +78,6 @@ def default_settings(modality: str, steps: int | None = None) -> RefineSettings:
                    use_translation=row.refine_on_translation)
 
 
-def _downsample(image: torch.Tensor, size: int) -> torch.Tensor:
-    if image.shape[-1] == size and image.shape[-2] == size:
-        return image
-    return F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
 def refine_field(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -108,15 +101,15 @@ def refine_field(
     shape = tuple(field.shape[2:])
     small = (settings.size, settings.size)
     with torch.enable_grad():
-        moving_s = _downsample(moving.detach(), settings.size)
+        moving_s = resize_image(moving.detach(), small)
         start = resize_field(field.detach(), small)
         if translation is not None and settings.use_translation:
-            reference = _downsample(translation.detach(), settings.size)
+            reference = resize_image(translation.detach(), small)
 
             def dissimilarity(moved: torch.Tensor) -> torch.Tensor:
                 return (1 - multiscale_lncc(moved, reference)).sum()
         else:
-            target = mind_descriptor(_downsample(fixed.detach(), settings.size))
+            target = mind_descriptor(resize_image(fixed.detach(), small))
 
             def dissimilarity(moved: torch.Tensor) -> torch.Tensor:
                 return (mind_descriptor(moved) - target).pow(2).mean(dim=(1, 2, 3)).sum()

@@ -24,7 +24,7 @@ Examples
 >>> write_volume_result(result, "out", stem="case1")                            # doctest: +SKIP
 """
 
-from bsafusion.inference.volume.export import OUTPUT_FILES, fuse_volume_files, write_volume_result
+from bsafusion.inference.volume.export import OUTPUT_FILES, fuse_volume_files, fuse_volume_images, write_volume_result
 from bsafusion.inference.volume.geometry import (
     AXES,
     MAX_SPACING_MM,
@@ -60,6 +60,7 @@ __all__ = [
     "console_progress",
     "coverage_mask",
     "fuse_volume_files",
+    "fuse_volume_images",
     "inverse_transform",
     "overlap_fraction",
     "read_volume",

@@ -39,7 +39,7 @@ from bsafusion.io import check_output_dir, staged_outputs, write_image, write_tr
 from bsafusion.inference.volume.geometry import read_volume
 from bsafusion.inference.volume.pipeline import VolumeResult, register_and_fuse_volumes
 
-__all__ = ["OUTPUT_FILES", "write_volume_result", "fuse_volume_files"]
+__all__ = ["OUTPUT_FILES", "write_volume_result", "fuse_volume_files", "fuse_volume_images"]
 
 #: Output key -> file name pattern (``{stem}`` is replaced).
 OUTPUT_FILES: dict[str, str] = {
@@ -106,7 +106,22 @@ def fuse_volume_files(
     written. ``out_dir`` is checked before anything is computed.
     """
     check_output_dir(out_dir)
-    fixed = read_volume(fixed_path)
-    moving = read_volume(moving_path)
-    result = register_and_fuse_volumes(fixed, moving, modality, names=(str(fixed_path), str(moving_path)), **options)
+    return fuse_volume_images(read_volume(fixed_path), read_volume(moving_path), (str(fixed_path), str(moving_path)),
+                              modality, out_dir, stem, **options)
+
+
+def fuse_volume_images(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    names: tuple[str, str],
+    modality: str,
+    out_dir: str | Path,
+    stem: str | None = None,
+    **options: Any,
+) -> tuple[VolumeResult, dict[str, Path]]:
+    """:func:`fuse_volume_files` on volumes already read; ``names`` (their paths) go into the errors.
+
+    ``out_dir`` must have been checked (:func:`bsafusion.io.check_output_dir`) before the reads.
+    """
+    result = register_and_fuse_volumes(fixed, moving, modality, names=names, **options)
     return result, write_volume_result(result, out_dir, stem or "bsafusion")

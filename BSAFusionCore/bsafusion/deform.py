@@ -22,6 +22,7 @@ border-extended.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -130,12 +131,31 @@ def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Resample ``(N, C, H, W)`` images to ``size`` (bilinear, anti-aliased when shrinking).
 
     The grid convention is the fields' (``align_corners=True``: corner pixel centres stay
-    put), so an image and a field resized together still match pixel for pixel; mixing in
-    ``align_corners=False`` would shift the image against its field by up to half a pixel.
+    put, as in :func:`resize_field`), so an image and its field resized together still match
+    pixel for pixel. PyTorch's ``antialias=True`` ignores ``align_corners`` (it always works on
+    pixel edges) and would shift the image against its field by up to half a pixel, so
+    shrinking is anti-aliased here by a Gaussian prefilter instead (sigma ``(factor - 1) / 2``
+    source pixels per axis, scikit-image's choice).
     """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=True, antialias=True)
+    for axis, (old, new) in enumerate(zip(image.shape[-2:], size)):
+        sigma = ((old - 1) / max(new - 1, 1) - 1) / 2
+        if sigma > 0:
+            image = _gaussian_along(image, sigma, dim=image.ndim - 2 + axis)
+    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def _gaussian_along(image: torch.Tensor, sigma: float, dim: int) -> torch.Tensor:
+    """Gaussian blur of ``image`` along one spatial axis (edge values repeated outside)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    moved = image.movedim(dim, -1)
+    flat = moved.reshape(-1, 1, moved.shape[-1])
+    blurred = F.conv1d(F.pad(flat, (radius, radius), mode="replicate"), kernel.view(1, 1, -1))
+    return blurred.reshape(moved.shape).movedim(-1, dim)
 
 
 def resize_field(field: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

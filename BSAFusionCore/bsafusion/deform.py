@@ -40,6 +40,7 @@ __all__ = [
     "compose",
     "invert",
     "integrate_velocity",
+    "diffusion",
     "resize_image",
     "resize_field",
     "jacobian_determinant",
@@ -125,6 +126,17 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     for _ in range(steps):
         u = compose(u, u)
     return u
+
+
+def diffusion(field: torch.Tensor) -> torch.Tensor:
+    """Per-sample diffusion regulariser of ``(N, C, H, W)``: mean squared forward difference along y plus x.
+
+    Training penalises the predicted velocities with it and refinement its control grid: one
+    definition, so "smooth" means the same in both.
+    """
+    dy = field[:, :, 1:, :] - field[:, :, :-1, :]
+    dx = field[:, :, :, 1:] - field[:, :, :, :-1]
+    return dy.pow(2).mean(dim=(1, 2, 3)) + dx.pow(2).mean(dim=(1, 2, 3))
 
 
 def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

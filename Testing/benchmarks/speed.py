@@ -1,4 +1,4 @@
-"""Speed benchmark (issue 5): how long one pair takes, ours against the two-stage baseline.
+"""Speed benchmark: how long one pair takes, ours against the two-stage baseline.
 
 Measures, on this machine's CPU with ``--threads`` torch threads (2 by default, the size of the
 development machine and of CI):
@@ -111,7 +111,7 @@ def pair_tasks(fuser: Fuser, workdir: Path) -> dict[str, Callable[[], object]]:
 
     def forward() -> object:
         with torch.no_grad():
-            return fuser.model(f_t, m_t)
+            return fuser.model.infer(f_t, m_t)
 
     refined = Fuser("CT", fuser.weights, device="cpu")  # the CT default: per-pair refinement on
 
@@ -157,11 +157,11 @@ def block_times(model: BSFAF, fixed: torch.Tensor, moving: torch.Tensor, repeats
             lambda _m, _i, _o, name=name: spent.__setitem__(name, spent[name] + time.perf_counter() - starts[name])))
     try:
         with torch.no_grad():
-            model(fixed, moving)  # warm-up
+            model.infer(fixed, moving)  # warm-up
             spent.update({name: 0.0 for name in BLOCKS})
             start = time.perf_counter()
             for _ in range(repeats):
-                model(fixed, moving)
+                model.infer(fixed, moving)
             total = (time.perf_counter() - start) / repeats
     finally:
         for handle in handles:
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> str:
             f_t, m_t = network_inputs(model, size)
             fixed, moving, _ = make_pair(size)
             with torch.no_grad():
-                fwd, _ = timeit(lambda: model(f_t, m_t), args.repeats)
+                fwd, _ = timeit(lambda: model.infer(f_t, m_t), args.repeats)
             fus, _ = timeit(lambda: fuser.fuse(fixed, moving), args.repeats)
             lines.append(f"| {size}² | {_ms(fwd)} | {_ms(fus)} |")
             print(f"  done: size {size}", file=sys.stderr)
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> str:
         for batch in args.batches:
             f_t, m_t = network_inputs(model, cfg.img_size, batch)
             with torch.no_grad():
-                fwd, _ = timeit(lambda: model(f_t, m_t), args.repeats)
+                fwd, _ = timeit(lambda: model.infer(f_t, m_t), args.repeats)
             lines.append(f"| {batch} | {_ms(fwd)} | {_ms(fwd / batch)} |")
             print(f"  done: batch {batch}", file=sys.stderr)
 

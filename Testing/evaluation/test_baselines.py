@@ -1,4 +1,4 @@
-"""Classical two-stage baselines: SimpleITK registration and fusion rules (issue 5)."""
+"""Classical two-stage baselines: SimpleITK registration and fusion rules."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ import torch
 from bsafusion.deform import compose, invert, random_elastic_field, warp
 from bsafusion.errors import InputError
 from bsafusion.inference.fuser import Fuser
-from bsafusion.model import BSFAF
 from bsafusion.phantom import phantom_pair
 from bsafusion import modality
 from bsafusion.inference.refine import RefineSettings, default_settings, refine_field

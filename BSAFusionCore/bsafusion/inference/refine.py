@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from bsafusion import modality as modalities
-from bsafusion.deform import resize_field, resize_image, warp
+from bsafusion.deform import diffusion, resize_field, resize_image, warp
 from bsafusion.errors import InputError
 from bsafusion.model.descriptors import mind_descriptor
 from bsafusion.similarity import multiscale_lncc
@@ -118,10 +118,7 @@ def refine_field(
         for _ in range(settings.steps):
             total = start + resize_field(ctrl, small)
             moved = warp(moving_s, total, padding="border")
-            diffusion = (ctrl[:, :, 1:] - ctrl[:, :, :-1]).pow(2).mean(dim=(1, 2, 3)) + (
-                ctrl[..., 1:] - ctrl[..., :-1]
-            ).pow(2).mean(dim=(1, 2, 3))
-            loss = dissimilarity(moved) + settings.smoothness * diffusion.sum()
+            loss = dissimilarity(moved) + settings.smoothness * diffusion(ctrl).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

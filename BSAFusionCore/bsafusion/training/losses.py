@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from bsafusion.config import check_known_keys
-from bsafusion.deform import compose
+from bsafusion.deform import compose, diffusion
 from bsafusion import modality as modalities
 from bsafusion.model.descriptors import gaussian_window, mind_descriptor
 from bsafusion.model.network import BSFAFOutput
@@ -115,13 +115,6 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((g**2).sum(dim=1, keepdim=True) + 1e-12)
 
 
-def gradient_l2(v: torch.Tensor) -> torch.Tensor:
-    """Mean squared forward difference of a field (diffusion regulariser)."""
-    dy = v[:, :, 1:, :] - v[:, :, :-1, :]
-    dx = v[:, :, :, 1:] - v[:, :, :, :-1]
-    return (dy**2).mean() + (dx**2).mean()
-
-
 # --------------------------------------------------------------------------- the loss
 
 
@@ -153,7 +146,7 @@ def compute_losses(out: BSFAFOutput, batch: dict[str, torch.Tensor], weights: Lo
         levels = out.alignment.velocity_levels
         level_w = torch.tensor([2.0**lvl for lvl in levels])
         level_w = level_w / level_w.sum()
-        terms["smooth"] = sum(w * gradient_l2(v) for w, v in zip(level_w.tolist(), out.alignment.velocities))
+        terms["smooth"] = sum(w * diffusion(v).mean() for w, v in zip(level_w.tolist(), out.alignment.velocities))
     if weights.consistency:
         round_trip = compose(out.field_ab, out.field_ba).abs().mean()
         middle = sum(

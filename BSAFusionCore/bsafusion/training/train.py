@@ -472,7 +472,7 @@ def validate(
         for i in range(n):
             item = pairs[i]
             fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
-            pred = model(fixed, moving)
+            pred = model.infer(fixed, moving)
             aligned = warp(moving, pred.field_ba, padding="border")[0, 0].cpu().numpy()
             truth, unaligned = item["moving_aligned"][0].numpy(), item["moving"][0].numpy()
             true_field = item["field"].numpy()

@@ -274,7 +274,7 @@ def test_cmake_configures_builds_and_installs_against_a_stub_slicer(tmp_path):
     built = run("cmake", "--build", str(build))
     assert built.returncode == 0, built.stdout + built.stderr
     core = build / "lib" / "Slicer-5.10" / "qt-scripted-modules" / "BSAFusionCore"
-    assert (core / "pyproject.toml").is_file() and (core / "bsafusion" / "volume" / "pipeline.py").is_file()
+    assert (core / "pyproject.toml").is_file() and (core / "bsafusion" / "inference" / "volume" / "pipeline.py").is_file()
     installed = run("cmake", "--install", str(build), "--prefix", str(prefix))
     assert installed.returncode == 0, installed.stdout + installed.stderr
     core = prefix / "lib" / "Slicer-5.10" / "qt-scripted-modules" / "BSAFusionCore"

@@ -64,7 +64,7 @@ def tiny_weights(tmp_path_factory) -> dict[str, str]:
     """Paths of tiny untrained BSFAF checkpoints, ``{"CT": path, "PET": path}`` (seed 0)."""
     import torch
 
-    from bsafusion import checkpoint
+    from bsafusion.model import checkpoint
     from bsafusion.model import BSFAF, ModelConfig
 
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
-"""Test helper: read back the per-modality tables of a report written by bsafusion.report.
+"""Test helper: read back the per-modality tables of a report written by bsafusion.evaluation.report.
 
-Shared by test_report.py and test_benchmark.py (pytest puts this folder on ``sys.path``), so
+Shared by evaluation/test_report.py and evaluation/test_benchmark.py (pytest puts this folder on ``sys.path``: it holds the root conftest.py), so
 both check the report the way a reader sees it, through one parser.
 """
 

@@ -122,3 +122,22 @@ def test_resize_field_rescales_displacements(size):
 def test_warp_rejects_mismatched_grids():
     with pytest.raises(ValueError):
         warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 2, 8, 9))
+
+
+@pytest.mark.parametrize("sizes", [(24, 64), (64, 24)], ids=["up", "down"])
+def test_image_and_field_resized_together_stay_in_register(sizes):
+    """``resize_image`` and ``resize_field`` share one grid convention: no sub-pixel shift.
+
+    An image whose value is each pixel's x coordinate and a field that holds the same
+    coordinate must tell the same position after resizing. Resizing the image with
+    ``align_corners=False`` shifts it by a third of a pixel (24 <-> 64 px) against the field.
+    """
+    from bsafusion.deform import resize_field, resize_image
+
+    old, new = sizes
+    coords = torch.arange(old, dtype=torch.float32).expand(old, old)
+    image = (coords / (old - 1))[None, None]
+    field = torch.stack([coords, torch.zeros_like(coords)])[None]
+    image_x = resize_image(image, (new, new))[0, 0] * (new - 1)
+    field_x = resize_field(field, (new, new))[0, 0]
+    assert float((image_x - field_x)[2:-2, 2:-2].abs().max()) < 0.05  # pixels of the new grid

@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 
 from bsafusion.errors import InputError
-from bsafusion.infer import Fuser, fuse_files
+from bsafusion.inference.fuser import Fuser, fuse_files
 from bsafusion.io import read_slice, write_image
 from bsafusion.phantom import phantom_pair
 

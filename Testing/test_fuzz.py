@@ -21,7 +21,7 @@ import torch
 
 from bsafusion.cli import main
 from bsafusion.errors import InputError
-from bsafusion.infer import Fuser
+from bsafusion.inference.fuser import Fuser
 from bsafusion.io import write_image
 from bsafusion.phantom import phantom_pair
 

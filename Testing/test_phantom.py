@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from bsafusion import InputError
+from bsafusion import modality
 from bsafusion import phantom as ph
+from bsafusion.colour import pseudo_colour
 
 SMALL = (64, 64)
 VOL = (32, 32, 32)
@@ -85,7 +87,7 @@ def test_bad_shapes_and_labels_raise_input_error():
 # ---------------------------------------------------------------------------- rendering
 
 
-@pytest.mark.parametrize("modality", ph.MODALITIES)
+@pytest.mark.parametrize("modality", modality.ALL)
 @pytest.mark.parametrize("shape", [SMALL, VOL])
 def test_render_is_float32_in_unit_range(modality, shape):
     labels = ph.head_labels(shape, seed=2)
@@ -96,7 +98,7 @@ def test_render_is_float32_in_unit_range(modality, shape):
     assert image.max() > 0.5  # uses the range, not a sliver of it
 
 
-@pytest.mark.parametrize("modality", ph.MODALITIES)
+@pytest.mark.parametrize("modality", modality.ALL)
 def test_render_is_deterministic_case_insensitive_and_noise_is_seeded(modality):
     labels = ph.head_labels(SMALL, seed=5)
     a = ph.render(labels, modality, seed=5)
@@ -153,7 +155,7 @@ def test_resolution_orders_ct_mri_sharper_than_pet_sharper_than_spect(slice128):
         gy, gx = np.gradient(image.astype(np.float64))
         return float(np.hypot(gx, gy)[slice128 != ph.BACKGROUND].mean() / image[slice128 != 0].mean())
 
-    s = {mod: sharpness(ph.render(slice128, mod, seed=1)) for mod in ph.MODALITIES}
+    s = {mod: sharpness(ph.render(slice128, mod, seed=1)) for mod in modality.ALL}
     assert min(s["CT"], s["MRI"]) > s["PET"] > s["SPECT"]
 
 
@@ -162,7 +164,7 @@ def test_resolution_orders_ct_mri_sharper_than_pet_sharper_than_spect(slice128):
 
 def test_pseudo_colour_luts():
     ramp = np.linspace(0.0, 1.0, 256).reshape(16, 16)
-    pet, spect = ph.pseudo_colour(ramp, "PET"), ph.pseudo_colour(ramp, "spect")
+    pet, spect = pseudo_colour(ramp, "PET"), pseudo_colour(ramp, "spect")
     for rgb in (pet, spect):
         assert rgb.shape == (16, 16, 3) and rgb.dtype == np.float32
         assert rgb.min() >= 0.0 and rgb.max() <= 1.0
@@ -173,9 +175,9 @@ def test_pseudo_colour_luts():
     assert pet[-1, -1, 0] > 0.9 and pet[-1, -1, 2] < 0.1  # hot PET is red
     mid = spect.reshape(-1, 3)[110]
     assert mid[0] > mid[1] and mid[2] > mid[1]  # SPECT middle is purple
-    np.testing.assert_array_equal(ph.pseudo_colour(np.array([-1.0, 2.0])), ph.pseudo_colour(np.array([0.0, 1.0])))
+    np.testing.assert_array_equal(pseudo_colour(np.array([-1.0, 2.0])), pseudo_colour(np.array([0.0, 1.0])))
     with pytest.raises(InputError):
-        ph.pseudo_colour(ramp, "viridis")
+        pseudo_colour(ramp, "viridis")
 
 
 # ---------------------------------------------------------------------------- pairs
@@ -193,7 +195,7 @@ def test_phantom_pair_is_aligned_and_coloured_like_harvard(modality):
         assert pair.other_rgb is None
     else:
         assert pair.other_rgb.shape == (*SMALL, 3) and pair.other_rgb.dtype == np.float32
-        np.testing.assert_array_equal(pair.other_rgb, ph.pseudo_colour(pair.other, modality))
+        np.testing.assert_array_equal(pair.other_rgb, pseudo_colour(pair.other, modality))
 
 
 def test_phantom_pair_3d_and_mri_partner_rejected():

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from bsafusion import checkpoint
-from bsafusion.infer import Fuser
-from bsafusion.metrics.registration import ncc
+from bsafusion import modality
+from bsafusion.model import checkpoint
+from bsafusion.inference.fuser import Fuser
+from bsafusion.evaluation.metrics.registration import ncc
 from bsafusion.phantom import phantom_pair
 
-MODALITIES = ("CT", "PET", "SPECT")
+MODALITIES = modality.MOVING
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

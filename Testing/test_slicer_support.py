@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from bsafusion import checkpoint, slicer_support
+from bsafusion import slicer_support
+from bsafusion.model import checkpoint
 from bsafusion.errors import InputError
 from bsafusion.phantom import phantom_pair
 from bsafusion.slicer_support import (
@@ -37,7 +38,7 @@ from bsafusion.slicer_support import (
     image_from_node_array,
     same_geometry,
 )
-from bsafusion.volume import Cancelled
+from bsafusion.inference.volume import Cancelled
 
 SHAPE = (8, 48, 48)
 SPACING = (1.5, 1.4, 3.0)
@@ -112,8 +113,8 @@ def test_validate_parameters_shipped_model(monkeypatch, tmp_path):
 
 
 def test_choice_lists_match_the_core():
-    from bsafusion.infer import MODALITIES
-    from bsafusion.volume.geometry import AXES
+    from bsafusion.modality import MOVING as MODALITIES
+    from bsafusion.inference.volume.geometry import AXES
 
     assert slicer_support.MODALITIES == MODALITIES
     assert slicer_support.AXES == tuple(AXES)

@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bsafusion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"bsafusion.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"bsafusion.commands.{name}":
-                continue  # command not installed in this build
-            raise
+        module = importlib.import_module(f"bsafusion.commands.{name}")
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)

@@ -55,7 +55,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NEUTRAL_CHROMA", "rgb_to_ycbcr", "ycbcr_to_rgb", "split_luma", "merge_luma"]
+from bsafusion.errors import InputError
+
+__all__ = ["NEUTRAL_CHROMA", "rgb_to_ycbcr", "ycbcr_to_rgb", "split_luma", "merge_luma", "pseudo_colour"]
 
 NEUTRAL_CHROMA = 128.0 / 255.0
 """Cb and Cr of a grey pixel (both conventions)."""
@@ -169,3 +171,68 @@ def merge_luma(y: Any, cbcr: Any, channel_axis: int = -1, full_range: bool = Fal
     dtype = np.result_type(y.dtype, cbcr.dtype, np.float32)
     ycc = np.stack([y.astype(dtype), cb.astype(dtype), cr.astype(dtype)], axis=channel_axis)
     return np.clip(ycbcr_to_rgb(ycc, channel_axis, full_range), 0.0, 1.0)
+
+
+# Lookup tables: (position, R, G, B) control points, 8-bit colours read off the Harvard slices.
+_LUTS = {
+    "PET": np.array(
+        [
+            [0.00, 0, 0, 0],
+            [0.08, 0, 0, 46],
+            [0.20, 0, 2, 111],
+            [0.30, 0, 38, 182],
+            [0.40, 4, 80, 239],
+            [0.50, 79, 138, 175],
+            [0.60, 143, 180, 111],
+            [0.70, 215, 228, 39],
+            [0.78, 245, 240, 8],
+            [0.85, 254, 177, 0],
+            [0.92, 255, 81, 0],
+            [1.00, 254, 11, 6],
+        ]
+    ),
+    "SPECT": np.array(
+        [
+            [0.00, 0, 0, 0],
+            [0.06, 9, 17, 17],
+            [0.12, 23, 42, 43],
+            [0.20, 47, 56, 82],
+            [0.30, 72, 18, 119],
+            [0.40, 108, 21, 137],
+            [0.50, 141, 49, 136],
+            [0.60, 179, 80, 118],
+            [0.70, 212, 98, 77],
+            [0.80, 244, 111, 18],
+            [0.90, 253, 147, 78],
+            [1.00, 252, 184, 171],
+        ]
+    ),
+}
+
+
+def pseudo_colour(grey: np.ndarray, lut: str = "PET") -> np.ndarray:
+    """Map a grey image in [0, 1] to RGB pseudo-colour like the Harvard PET/SPECT slices.
+
+    The Harvard PET and SPECT images are colour, and the pipeline fuses their Y channel in
+    YCbCr and puts Cb/Cr back; demo data must exercise that path, so emission images are
+    coloured with lookup tables whose control points were read off those slices: ``"PET"`` is
+    a muted jet (black, navy, blue, grey-green, yellow, orange, red) and ``"SPECT"`` goes black,
+    dark teal, purple, magenta, orange, peach. Both start at black, so background stays black.
+
+    Parameters
+    ----------
+    grey : numpy.ndarray
+        Values in [0, 1] (clipped), any shape; usually ``(H, W)``.
+    lut : {"PET", "SPECT"}
+        Which lookup table (case-insensitive).
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape ``(*grey.shape, 3)``, RGB in [0, 1].
+    """
+    table = _LUTS.get(str(lut).upper())
+    if table is None:
+        raise InputError(f"unknown pseudo-colour table {lut!r}; choose one of {', '.join(_LUTS)}")
+    values = np.clip(np.asarray(grey, dtype=np.float64), 0.0, 1.0)
+    rgb = [np.interp(values, table[:, 0], table[:, c] / 255.0) for c in (1, 2, 3)]
+    return np.stack(rgb, axis=-1).astype(np.float32)

@@ -11,7 +11,7 @@ Field convention (used by every module of the package)
   image) and points into the *input* image (the moving one). This is the convention of ITK's
   ``DisplacementFieldTransform`` (a transform maps fixed points to moving points), so a field
   converts to an ITK transform by scaling pixels to millimetres and rotating by the direction
-  matrix, without inversion (see :mod:`bsafusion.volume`).
+  matrix, without inversion (see :mod:`bsafusion.inference.volume`).
 * With ``phi_u(p) = p + u(p)``, ``warp(warp(I, u1), u2) = I o phi_u1 o phi_u2``;
   :func:`compose` returns that field, ``u2 + warp(u1, u2)``.
 
@@ -22,6 +22,7 @@ border-extended.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -30,13 +31,19 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from bsafusion.checks import as_field
+from bsafusion.errors import InputError
+
 __all__ = [
     "identity_grid",
     "warp",
     "compose",
     "invert",
     "integrate_velocity",
+    "diffusion",
+    "resize_image",
     "resize_field",
+    "jacobian_determinant",
     "warp_numpy",
     "compose_numpy",
     "invert_numpy",
@@ -119,6 +126,48 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     for _ in range(steps):
         u = compose(u, u)
     return u
+
+
+def diffusion(field: torch.Tensor) -> torch.Tensor:
+    """Per-sample diffusion regulariser of ``(N, C, H, W)``: mean squared forward difference along y plus x.
+
+    Training penalises the predicted velocities with it and refinement its control grid: one
+    definition, so "smooth" means the same in both.
+    """
+    dy = field[:, :, 1:, :] - field[:, :, :-1, :]
+    dx = field[:, :, :, 1:] - field[:, :, :, :-1]
+    return dy.pow(2).mean(dim=(1, 2, 3)) + dx.pow(2).mean(dim=(1, 2, 3))
+
+
+def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resample ``(N, C, H, W)`` images to ``size`` (bilinear, anti-aliased when shrinking).
+
+    The grid convention is the fields' (``align_corners=True``: corner pixel centres stay
+    put, as in :func:`resize_field`), so an image and its field resized together still match
+    pixel for pixel. PyTorch's ``antialias=True`` ignores ``align_corners`` (it always works on
+    pixel edges) and would shift the image against its field by up to half a pixel, so
+    shrinking is anti-aliased here by a Gaussian prefilter instead (sigma ``(factor - 1) / 2``
+    source pixels per axis, scikit-image's choice).
+    """
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    for axis, (old, new) in enumerate(zip(image.shape[-2:], size)):
+        sigma = ((old - 1) / max(new - 1, 1) - 1) / 2
+        if sigma > 0:
+            image = _gaussian_along(image, sigma, dim=image.ndim - 2 + axis)
+    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def _gaussian_along(image: torch.Tensor, sigma: float, dim: int) -> torch.Tensor:
+    """Gaussian blur of ``image`` along one spatial axis (edge values repeated outside)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    moved = image.movedim(dim, -1)
+    flat = moved.reshape(-1, 1, moved.shape[-1])
+    blurred = F.conv1d(F.pad(flat, (radius, radius), mode="replicate"), kernel.view(1, 1, -1))
+    return blurred.reshape(moved.shape).movedim(-1, dim)
 
 
 def resize_field(field: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -299,3 +348,55 @@ def random_misalignment(
     margin = tuple(slice(max(2, s // 8), s - max(2, s // 8)) for s in shape)
     interior = residual[(slice(None),) + margin]
     return Misalignment(field, inverse, float(np.sqrt((interior**2).sum(axis=0)).max()))
+
+
+def jacobian_determinant(field: np.ndarray) -> np.ndarray:
+    """Jacobian determinant map of ``phi(p) = p + u(p)`` for a 2-D or 3-D displacement field.
+
+    Parameters
+    ----------
+    field : ndarray
+        ``u`` of shape ``(2, H, W)`` or ``(3, D, H, W)`` in pixels, channels in ITK order:
+        channel 0 is the displacement along *x*, the **last** array axis; channel 1 along *y*;
+        channel 2 along *z*, the first spatial axis (see :mod:`bsafusion.deform`). Every
+        spatial size must be at least 2.
+
+    Returns
+    -------
+    ndarray
+        ``det(I + du/dp)`` on the grid (shape ``(H, W)`` or ``(D, H, W)``), with
+        ``J_ij = delta_ij + d u_i / d x_j`` where ``x_j`` is spatial coordinate ``j`` in ITK
+        order (array axis ``n - 1 - j``). Derivatives are central differences
+        (:func:`numpy.gradient`; one-sided at the border). The determinant is the local
+        volume change: 1 preserves volume, ``<= 0`` means folding. Pixel spacing does not
+        change it (``J_mm = S J S^-1``).
+
+    References
+    ----------
+    .. [1] J. Ashburner, "A fast diffeomorphic image registration algorithm," NeuroImage,
+       vol. 38, no. 1, pp. 95-113, 2007.
+    .. [2] G. Balakrishnan, A. Zhao, M. R. Sabuncu, J. Guttag and A. V. Dalca, "VoxelMorph: a
+       learning framework for deformable medical image registration," IEEE Transactions on
+       Medical Imaging, vol. 38, no. 8, pp. 1788-1800, 2019.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> u = np.zeros((2, 5, 6))
+    >>> u[0] = 0.5 * np.arange(6.0)[None, :]   # x-displacement grows with x: stretch by 1.5
+    >>> float(jacobian_determinant(u).mean())
+    1.5
+    """
+    u = as_field(field, "field")
+    n = u.shape[0]
+    if min(u.shape[1:]) < 2:
+        raise InputError(f"jacobian_determinant needs at least 2 pixels per axis, got grid {u.shape[1:]}")
+    # jac[i][j] = d phi_i / d x_j; coordinate x_j (ITK order) runs along array axis n - 1 - j
+    jac = [[np.gradient(u[i], axis=n - 1 - j) + (1.0 if i == j else 0.0) for j in range(n)] for i in range(n)]
+    if n == 2:
+        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    return (
+        jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
+        - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
+        + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
+    )

@@ -52,6 +52,7 @@ __all__ = [
     "check_direction",
     "read_image",
     "read_slice_image",
+    "as_slice_image",
     "slice_pixels",
     "luma_pixels",
     "read_slice",
@@ -544,8 +545,11 @@ def read_slice_image(path: str | os.PathLike) -> sitk.Image:
         Everything :func:`read_image` raises, an image with more than one slice, a direction
         matrix that is not orthonormal.
     """
-    path = Path(path)
-    image = read_image(path)
+    return as_slice_image(read_image(path), path)
+
+
+def as_slice_image(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
+    """An image :func:`read_image` gave, as the 2D slice :func:`read_slice_image` returns (same checks)."""
     size = image.GetSize()
     if image.GetDimension() == 3 and size[2] == 1:
         image = image[:, :, 0]
@@ -579,9 +583,16 @@ def _is_grey(rgb: np.ndarray) -> bool:
     return bool(np.ptp(rgb, axis=-1).max() <= 1e-6)
 
 
-def slice_pixels(image: sitk.Image, name: str | os.PathLike, grey: bool = True, to_luma: bool = False) -> np.ndarray:
-    """Pixels of a 2D image (from :func:`read_slice_image`) as :func:`read_slice` returns them."""
+def slice_pixels(image: sitk.Image, name: str | os.PathLike, grey: bool | None = True,
+                 to_luma: bool = False) -> np.ndarray:
+    """Pixels of a 2D image (from :func:`read_slice_image`) as :func:`read_slice` returns them.
+
+    ``grey=None``: ``(H, W)`` when the colour channels are equal, ``(H, W, 3)`` otherwise (a
+    moving image, which may be either, decoded once).
+    """
     rgb = _slice_values(image, name)
+    if grey is None:
+        grey = _is_grey(rgb)
     if not grey:
         return np.ascontiguousarray(rgb)
     if _is_grey(rgb):

@@ -52,7 +52,7 @@ Contrasts (see :func:`render`)
 * **SPECT** (perfusion): grey matter high, white matter lower, lesion *hypo*-perfused; blurrier
   still (FWHM about 12 px at 256) and noisier.
 
-PET and SPECT are also returned as RGB pseudo-colour (:func:`pseudo_colour`), with lookup
+PET and SPECT are also returned as RGB pseudo-colour (:func:`bsafusion.colour.pseudo_colour`), with lookup
 tables fitted by eye to the colours of the Harvard PET (black, navy, blue, grey-green, yellow,
 orange, red: a muted *jet*) and SPECT (black, dark teal, purple, magenta, orange, peach) slices,
 so that the YCbCr path of the pipeline is exercised on demo data too.
@@ -75,6 +75,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from bsafusion import modality as modality_table
+from bsafusion.colour import pseudo_colour
 from bsafusion.errors import InputError
 
 __all__ = [
@@ -88,10 +90,8 @@ __all__ = [
     "LESION",
     "LABEL_NAMES",
     "LESION_SIDE",
-    "MODALITIES",
     "head_labels",
     "render",
-    "pseudo_colour",
     "PhantomPair",
     "phantom_pair",
     "write_phantom_dataset",
@@ -110,8 +110,6 @@ LABEL_NAMES: dict[int, str] = {
 }
 #: Patient side of the lesion and of the larger lateral ventricle: columns ``x >= W / 2``.
 LESION_SIDE = "left"
-#: Modalities :func:`render` knows; the partner of MRI in a pair is one of the last three.
-MODALITIES = ("MRI", "CT", "PET", "SPECT")
 
 # --------------------------------------------------------------------------------------------
 # Smooth random fields
@@ -422,10 +420,7 @@ _PSF_SIGMA = {"PET": 0.022, "SPECT": 0.04}
 
 
 def _check_modality(modality: str) -> str:
-    name = str(modality).upper()
-    if name not in MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
-    return name
+    return modality_table.get(modality).name
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -460,7 +455,7 @@ def render(labels: np.ndarray, modality: str, seed: int) -> np.ndarray:
     Returns
     -------
     numpy.ndarray of float32, same shape as ``labels``. PET and SPECT are grey activity maps
-    here; :func:`pseudo_colour` turns them into the RGB look of the Harvard data.
+    here; :func:`bsafusion.colour.pseudo_colour` turns them into the RGB look of the Harvard data.
 
     Notes
     -----
@@ -469,7 +464,7 @@ def render(labels: np.ndarray, modality: str, seed: int) -> np.ndarray:
     """
     labels = _check_labels(labels)
     name = _check_modality(modality)
-    rng = np.random.default_rng([_check_seed(seed), MODALITIES.index(name)])
+    rng = np.random.default_rng([_check_seed(seed), modality_table.ALL.index(name)])
     shape = labels.shape
     image = _CONTRAST[name][labels]
 
@@ -504,71 +499,6 @@ def render(labels: np.ndarray, modality: str, seed: int) -> np.ndarray:
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-# Lookup tables: (position, R, G, B) control points, 8-bit colours read off the Harvard slices.
-_LUTS = {
-    "PET": np.array(
-        [
-            [0.00, 0, 0, 0],
-            [0.08, 0, 0, 46],
-            [0.20, 0, 2, 111],
-            [0.30, 0, 38, 182],
-            [0.40, 4, 80, 239],
-            [0.50, 79, 138, 175],
-            [0.60, 143, 180, 111],
-            [0.70, 215, 228, 39],
-            [0.78, 245, 240, 8],
-            [0.85, 254, 177, 0],
-            [0.92, 255, 81, 0],
-            [1.00, 254, 11, 6],
-        ]
-    ),
-    "SPECT": np.array(
-        [
-            [0.00, 0, 0, 0],
-            [0.06, 9, 17, 17],
-            [0.12, 23, 42, 43],
-            [0.20, 47, 56, 82],
-            [0.30, 72, 18, 119],
-            [0.40, 108, 21, 137],
-            [0.50, 141, 49, 136],
-            [0.60, 179, 80, 118],
-            [0.70, 212, 98, 77],
-            [0.80, 244, 111, 18],
-            [0.90, 253, 147, 78],
-            [1.00, 252, 184, 171],
-        ]
-    ),
-}
-
-
-def pseudo_colour(grey: np.ndarray, lut: str = "PET") -> np.ndarray:
-    """Map a grey image in [0, 1] to RGB pseudo-colour like the Harvard PET/SPECT slices.
-
-    The Harvard PET and SPECT images are colour, and the pipeline fuses their Y channel in
-    YCbCr and puts Cb/Cr back; demo data must exercise that path, so emission images are
-    coloured with lookup tables whose control points were read off those slices: ``"PET"`` is
-    a muted jet (black, navy, blue, grey-green, yellow, orange, red) and ``"SPECT"`` goes black,
-    dark teal, purple, magenta, orange, peach. Both start at black, so background stays black.
-
-    Parameters
-    ----------
-    grey : numpy.ndarray
-        Values in [0, 1] (clipped), any shape; usually ``(H, W)``.
-    lut : {"PET", "SPECT"}
-        Which lookup table (case-insensitive).
-
-    Returns
-    -------
-    numpy.ndarray of float32, shape ``(*grey.shape, 3)``, RGB in [0, 1].
-    """
-    table = _LUTS.get(str(lut).upper())
-    if table is None:
-        raise InputError(f"unknown pseudo-colour table {lut!r}; expected 'PET' or 'SPECT'")
-    values = np.clip(np.asarray(grey, dtype=np.float64), 0.0, 1.0)
-    rgb = [np.interp(values, table[:, 0], table[:, c] / 255.0) for c in (1, 2, 3)]
-    return np.stack(rgb, axis=-1).astype(np.float32)
-
-
 # --------------------------------------------------------------------------------------------
 # Pairs and datasets
 # --------------------------------------------------------------------------------------------
@@ -600,10 +530,7 @@ class PhantomPair:
 
 
 def _check_partner(modality: str) -> str:
-    name = _check_modality(modality)
-    if name == "MRI":
-        raise InputError("the partner of MRI in a pair must be CT, PET or SPECT, not MRI")
-    return name
+    return modality_table.moving(modality).name
 
 
 def phantom_pair(
@@ -619,7 +546,7 @@ def phantom_pair(
     labels = head_labels(shape, seed, lesion=lesion)
     mri = render(labels, "MRI", seed)
     other = render(labels, name, seed)
-    other_rgb = None if name == "CT" else pseudo_colour(other, name)
+    other_rgb = pseudo_colour(other, name) if modality_table.get(name).colour else None
     return PhantomPair(modality=name, mri=mri, other=other, other_rgb=other_rgb, labels=labels)
 
 
@@ -641,7 +568,7 @@ def write_phantom_dataset(
 
     For each modality ``M`` and ``N`` in ``1 .. n_pairs``: ``root/M/MRI/N.png`` and
     ``root/M/M/N.png``, 8-bit RGB; MRI and CT are grey with three equal channels, PET and SPECT
-    are pseudo-colour (:func:`pseudo_colour`), exactly as the real data is stored, so every
+    are pseudo-colour (:func:`bsafusion.colour.pseudo_colour`), exactly as the real data is stored, so every
     loader written for the Harvard data reads the demo set unchanged. Each pair has its own
     head, derived from ``(seed, modality, N)``; existing files are overwritten. Files are
     written with SimpleITK (a dependency of the package) and read back by Pillow or SimpleITK.
@@ -667,7 +594,7 @@ def write_phantom_dataset(
         mri_dir.mkdir(parents=True, exist_ok=True)
         other_dir.mkdir(parents=True, exist_ok=True)
         for index in range(1, int(n_pairs) + 1):
-            sequence = np.random.SeedSequence([_check_seed(seed), MODALITIES.index(name), index])
+            sequence = np.random.SeedSequence([_check_seed(seed), modality_table.ALL.index(name), index])
             pair_seed = int(sequence.generate_state(1)[0])
             pair = phantom_pair(name, shape, pair_seed)
             other = pair.other if pair.other_rgb is None else pair.other_rgb

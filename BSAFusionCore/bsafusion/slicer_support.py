@@ -10,7 +10,7 @@ with the ``slicer-test`` extra, against a real headless MRML scene: ``Testing/ex
 * **parameters**: :func:`validate_parameters` checks the GUI/batch choices once, on the GUI
   thread, before any work starts, and turns them into a :class:`RunParameters`; options left
   unset keep the core's defaults;
-* **the run**: :func:`run_core` calls :func:`bsafusion.volume.register_and_fuse_volumes`
+* **the run**: :func:`run_core` calls :func:`bsafusion.inference.volume.register_and_fuse_volumes`
   (nothing else: no algorithm code in the extension), and :class:`BackgroundJob` runs it in a
   worker thread that the GUI polls for progress, result or error;
 * **outputs**: :func:`output_volumes` lists the volumes to create (name, node class, the image to
@@ -44,13 +44,14 @@ from typing import Callable, Generic, Sequence, TypeVar
 import numpy as np
 import SimpleITK as sitk
 
-from bsafusion import checkpoint
+from bsafusion.model import checkpoint
+from bsafusion import modality as modalities
 from bsafusion.colour import split_luma
 from bsafusion.errors import InputError
-from bsafusion.infer import MODALITIES
+from bsafusion.modality import MOVING as MODALITIES
 from bsafusion.device import resolve_device
-from bsafusion.volume import VolumeResult, register_and_fuse_volumes
-from bsafusion.volume.geometry import AXES as _AXES
+from bsafusion.inference.volume import VolumeResult, register_and_fuse_volumes
+from bsafusion.inference.volume.geometry import AXES as _AXES
 
 __all__ = [
     "MODALITIES",
@@ -146,16 +147,14 @@ def validate_parameters(
     without a GPU) is reported at once in a message box, not after the volumes were read.
     ``weights`` empty or ``None`` means the shipped model; it must exist (the message says
     where it was looked for). Every other option left at ``None`` takes the core's default
-    (:func:`bsafusion.volume.register_and_fuse_volumes`).
+    (:func:`bsafusion.inference.volume.register_and_fuse_volumes`).
 
     Examples
     --------
     >>> validate_parameters("pet", "", device="cpu", axis="Axial").modality    # doctest: +SKIP
     'PET'
     """
-    name = str(modality).strip().upper()
-    if name not in MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    name = modalities.moving(modality).name
     dev = None
     if device is not None:
         dev = str(device).strip().lower() or "auto"
@@ -199,7 +198,7 @@ def run_core(request: RunRequest, progress: ProgressFn | None = None, cancel: Ca
     """Register and fuse through the core's volume pipeline; returns its ``VolumeResult``.
 
     Touches neither Qt nor MRML, so it can run in a worker thread. ``cancel`` is polled by the
-    core at each stage and network batch; it raises ``bsafusion.volume.Cancelled`` when it
+    core at each stage and network batch; it raises ``bsafusion.inference.volume.Cancelled`` when it
     returns True.
     """
     return register_and_fuse_volumes(request.fixed, request.moving, request.parameters.modality,

@@ -48,9 +48,3 @@ def displacement_image_to_field(image: sitk.Image) -> np.ndarray:
     mm = np.moveaxis(vectors, -1, 0).reshape(n, -1)
     pix = (np.linalg.solve(direction, mm)) / spacing[:, None]
     return pix.reshape(n, *vectors.shape[:-1]).astype(np.float32)
-
-
-def displacement_transform(field: np.ndarray, reference: sitk.Image) -> sitk.DisplacementFieldTransform:
-    """A SimpleITK transform (fixed -> moving points) from a pixel field on ``reference``'s grid."""
-    image = sitk.Cast(field_to_displacement_image(field, reference), sitk.sitkVectorFloat64)
-    return sitk.DisplacementFieldTransform(image)

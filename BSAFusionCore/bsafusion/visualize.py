@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: checkerboards, overlays, quick-look panels.
+"""Pictures people would rather look at than read: checkerboards and quick-look panels.
 
 matplotlib runs with the non-interactive Agg backend (no screen needed); figures are written
 atomically through :func:`bsafusion.io.atomic_output`.
@@ -35,13 +35,6 @@ def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
     yy, xx = np.meshgrid(np.arange(h) * tiles // h, np.arange(w) * tiles // w, indexing="ij")
     mask = ((yy + xx) % 2 == 0)[..., None]
     return np.where(mask, a, b)
-
-
-def overlay(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
-    """Fixed in green, moving in magenta: aligned structures turn grey/white."""
-    f = np.asarray(fixed if fixed.ndim == 2 else fixed.mean(axis=-1), dtype=np.float32)
-    m = np.asarray(moving if moving.ndim == 2 else moving.mean(axis=-1), dtype=np.float32)
-    return np.clip(np.stack([m, f, m], axis=-1), 0, 1)
 
 
 def save_panel(path: str | Path, images: Sequence[tuple[str, np.ndarray]], title: str | None = None) -> Path:

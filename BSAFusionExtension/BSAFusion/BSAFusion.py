@@ -112,7 +112,7 @@ class BSAFusionParameterNode:
 
     fixedVolume / movingVolume: the MRI and the CT/PET/SPECT volume.
     useShippedWeights / weightsFile: the model shipped for the modality, or a weights file.
-    device, prealign, sliceAxis, refineSteps: passed to the core (see bsafusion.volume);
+    device, prealign, sliceAxis, refineSteps: passed to the core (see bsafusion.inference.volume);
     refineSteps < 0 (shown as "modality default") leaves the core's per-modality default.
     Their defaults here are the core's (CI compares them with register_and_fuse_volumes).
     hardenTransform: harden the transform into the moving volume after the run.
@@ -558,7 +558,7 @@ class BSAFusionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def isCancellation(exc: BaseException) -> bool:
-        from bsafusion.volume import Cancelled
+        from bsafusion.inference.volume import Cancelled
 
         return isinstance(exc, Cancelled)
 
@@ -722,7 +722,7 @@ class BSAFusionTest(ScriptedLoadableModuleTest):
 
     def _weights(self, modality: str) -> Optional[str]:
         """The shipped model when present; otherwise a tiny untrained one (wiring, not quality)."""
-        from bsafusion import checkpoint
+        from bsafusion.model import checkpoint
 
         if checkpoint.default_weights_path(modality).is_file():
             return None

@@ -6,7 +6,7 @@ Usage (any volume file Slicer reads: NRRD, NIfTI, MHA, one file of a DICOM serie
         --fixed mri.nrrd --moving ct.nii.gz --modality CT --out results/ [--scene results/scene.mrb]
 
 It uses the module's own ``BSAFusionLogic`` (exactly what the GUI runs), writes the core's
-output files to ``--out`` (``bsafusion.volume.write_volume_result``: fused and aligned volumes,
+output files to ``--out`` (``bsafusion.inference.volume.write_volume_result``: fused and aligned volumes,
 the ITK displacement transform Slicer loads, the Jacobian map...), optionally the whole Slicer
 scene as an ``.mrb`` bundle, and exits with status 0 on success, 2 for a problem with the input
 (the message says which), 1 for anything else (with a traceback).
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modality", required=True, type=str.upper, choices=["CT", "PET", "SPECT"])
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--weights", default=None, help="weights file (default: the shipped model for --modality)")
-    # Options left out are not passed on: the core's defaults apply (bsafusion.volume.register_and_fuse_volumes).
+    # Options left out are not passed on: the core's defaults apply (bsafusion.inference.volume.register_and_fuse_volumes).
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--axis", default=None, help="slice axis: axial, coronal or sagittal (default: axial)")
     parser.add_argument("--no-prealign", dest="prealign", action="store_false", default=None,
@@ -99,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                       prealign=args.prealign, axis=args.axis, refineSteps=args.refine_steps,
                                       harden=args.harden, progress=_print_progress)
         from bsafusion.slicer_support import quality_summary
-        from bsafusion.volume import write_volume_result
+        from bsafusion.inference.volume import write_volume_result
 
         paths = write_volume_result(result, args.out, stem=args.stem)
         for name, path in paths.items():

@@ -1,6 +1,6 @@
 """Learning curves of training runs: validation quality against steps, samples and CPU-minutes.
 
-Reads the ``val_log.csv`` that :class:`bsafusion.train.Trainer` writes after every epoch (on
+Reads the ``val_log.csv`` that :class:`bsafusion.training.train.Trainer` writes after every epoch (on
 ``val_aligned`` misaligned with the fixed-seed test profile) and prints, per run and modality,
 NCC of the aligned moving image against the truth, the unregistered NCC, the endpoint error of
 the field against the drawn one (and of the identity), the share of pairs brought closer,

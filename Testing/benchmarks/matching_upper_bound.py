@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bsafusion import checkpoint
-from bsafusion.data import validation_pairs
+from bsafusion.model import checkpoint
+from bsafusion.training.data import validation_pairs
 from bsafusion.deform import warp
-from bsafusion.metrics.registration import ncc
+from bsafusion.evaluation.metrics.registration import ncc
 from bsafusion.model import BSFAF
-from bsafusion.train import TrainConfig, load_config
+from bsafusion.training.train import TrainConfig, load_config
 
 VAL_ROOT = Path(TrainConfig().val_root)  # the validation pairs of training
 SHIPPED_CONFIG = Path("BSAFusionCore/bsafusion/configs/shipped.yaml")

@@ -1,7 +1,7 @@
 """Reference table: the published BSAFusion outputs on the Harvard unaligned test cases.
 
 Scores ``harvard/official_results`` (the authors' fused and aligned images) against
-``harvard/test_unaligned`` with :func:`bsafusion.evaluate.evaluate_folder`, together with the
+``harvard/test_unaligned`` with :func:`bsafusion.evaluation.evaluate.evaluate_folder`, together with the
 "no registration" line (fuse-by-average of the unaligned pair), and prints the per-modality
 tables (mean ± std, best in bold) and the run time. This table is the reference our network
 must beat; it is copied into ``Testing/benchmarks/README.md``.
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from bsafusion.errors import InputError
-from bsafusion.evaluate import evaluate_folder, summarize
-from bsafusion.report import markdown_tables, write_report
+from bsafusion.evaluation.evaluate import evaluate_folder, summarize
+from bsafusion.evaluation.report import markdown_tables, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METHOD_NAME = "BSAFusion (published outputs)"

@@ -1,14 +1,14 @@
-"""Speed benchmark (issue 5): how long one pair takes, ours against the two-stage baseline.
+"""Speed benchmark: how long one pair takes, ours against the two-stage baseline.
 
 Measures, on this machine's CPU with ``--threads`` torch threads (2 by default, the size of the
 development machine and of CI):
 
 * **per 256x256 pair**: our network's forward pass alone; ``Fuser.fuse`` (in memory: resampling,
   forward pass, warping at full size), network field only, and with the per-pair refinement
-  that is the CT default (:mod:`bsafusion.refine`); end to end from files with
-  :func:`bsafusion.infer.fuse_files` (read PNGs, fuse, write fused/aligned PNGs, the field and
+  that is the CT default (:mod:`bsafusion.inference.refine`); end to end from files with
+  :func:`bsafusion.inference.fuser.fuse_files` (read PNGs, fuse, write fused/aligned PNGs, the field and
   the quick-look panel); the classical SimpleITK affine + B-spline registration
-  (:func:`bsafusion.baselines.register_classical`, with its deterministic single ITK thread and
+  (:func:`bsafusion.evaluation.baselines.register_classical`, with its deterministic single ITK thread and
   with ITK's default threads); each classical fusion rule on the luma, and the Laplacian rule on
   a PET pseudo-colour image (YCbCr round trip included);
 * **peak memory** of one call of each of those, in a fresh process (model loaded, inputs
@@ -53,11 +53,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bsafusion import checkpoint
-from bsafusion.baselines import ClassicalSettings, fuse_colour, get_rule, register_classical
-from bsafusion.baselines.fusion_rules import FUSION_RULES
+from bsafusion.model import checkpoint
+from bsafusion.evaluation.baselines import ClassicalSettings, fuse_colour, get_rule, register_classical
+from bsafusion.evaluation.baselines.fusion_rules import FUSION_RULES
 from bsafusion.deform import random_misalignment
-from bsafusion.infer import Fuser, fuse_files
+from bsafusion.inference.fuser import Fuser, fuse_files
 from bsafusion.io import write_image
 from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import phantom_pair
@@ -111,7 +111,7 @@ def pair_tasks(fuser: Fuser, workdir: Path) -> dict[str, Callable[[], object]]:
 
     def forward() -> object:
         with torch.no_grad():
-            return fuser.model(f_t, m_t)
+            return fuser.model.infer(f_t, m_t)
 
     refined = Fuser("CT", fuser.weights, device="cpu")  # the CT default: per-pair refinement on
 
@@ -157,11 +157,11 @@ def block_times(model: BSFAF, fixed: torch.Tensor, moving: torch.Tensor, repeats
             lambda _m, _i, _o, name=name: spent.__setitem__(name, spent[name] + time.perf_counter() - starts[name])))
     try:
         with torch.no_grad():
-            model(fixed, moving)  # warm-up
+            model.infer(fixed, moving)  # warm-up
             spent.update({name: 0.0 for name in BLOCKS})
             start = time.perf_counter()
             for _ in range(repeats):
-                model(fixed, moving)
+                model.infer(fixed, moving)
             total = (time.perf_counter() - start) / repeats
     finally:
         for handle in handles:
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> str:
             f_t, m_t = network_inputs(model, size)
             fixed, moving, _ = make_pair(size)
             with torch.no_grad():
-                fwd, _ = timeit(lambda: model(f_t, m_t), args.repeats)
+                fwd, _ = timeit(lambda: model.infer(f_t, m_t), args.repeats)
             fus, _ = timeit(lambda: fuser.fuse(fixed, moving), args.repeats)
             lines.append(f"| {size}² | {_ms(fwd)} | {_ms(fus)} |")
             print(f"  done: size {size}", file=sys.stderr)
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> str:
         for batch in args.batches:
             f_t, m_t = network_inputs(model, cfg.img_size, batch)
             with torch.no_grad():
-                fwd, _ = timeit(lambda: model(f_t, m_t), args.repeats)
+                fwd, _ = timeit(lambda: model.infer(f_t, m_t), args.repeats)
             lines.append(f"| {batch} | {_ms(fwd)} | {_ms(fwd / batch)} |")
             print(f"  done: batch {batch}", file=sys.stderr)
 

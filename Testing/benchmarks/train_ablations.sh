@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the full model and the paper's five ablations with one small, equal budget and seed,
-# for the ablation rows of `bsafusion benchmark` (issue 5).
+# for the ablation rows of `bsafusion benchmark`.
 # Budget: 6 epochs x 64 pairs = 96 steps of 4 crops of 128x128 on CT+PET+SPECT, seed 0, all
 # runs warm-started from the same checkpoint (parameters whose names and shapes match; the
 # blocks an ablation removes or changes start fresh).

@@ -1,11 +1,11 @@
 """Choose the per-pair refinement settings on the validation pairs (never on the test cases).
 
 For every setting of a small grid (steps, control grid, smoothness, similarity: LNCC against
-the network's translation ``B_hat`` or MIND against the MRI), runs :class:`bsafusion.infer.Fuser`
+the network's translation ``B_hat`` or MIND against the MRI), runs :class:`bsafusion.inference.fuser.Fuser`
 on the ``val_aligned`` pairs misaligned with the fixed-seed Harvard test profile (the same pairs
 and fields as training validation) and prints, per modality, the mean NCC of the aligned
 moving image against the truth, the share of pairs improved over the network's own field, and
-seconds per pair. The chosen defaults (:data:`bsafusion.refine.DEFAULT_STEPS`) come from this
+seconds per pair. The chosen defaults (``refine_steps`` in :mod:`bsafusion.modality`) come from this
 table.
 
 Usage (from the repository root)::
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bsafusion import checkpoint
-from bsafusion.data import validation_pairs
-from bsafusion.infer import Fuser
-from bsafusion.metrics.registration import ncc
-from bsafusion.refine import RefineSettings
-from bsafusion.train import TrainConfig
+from bsafusion.model import checkpoint
+from bsafusion.training.data import validation_pairs
+from bsafusion.inference.fuser import Fuser
+from bsafusion.evaluation.metrics.registration import ncc
+from bsafusion.inference.refine import RefineSettings
+from bsafusion.training.train import TrainConfig
 
 VAL_ROOT = Path(TrainConfig().val_root)  # the validation pairs of training
 GRID = [

@@ -1,6 +1,6 @@
 """Time and peak memory of the 3D volume pipeline on a 256 x 256 x 150 synthetic pair.
 
-Target (issue 6): at most 60 s and 4 GB on 2 CPU cores, with a per-stage breakdown
+Target: at most 60 s and 4 GB on 2 CPU cores, with a per-stage breakdown
 (pre-alignment, network, export, and writing the files).
 
 The pair is the product's 3D head phantom: a T2-like MRI (fixed) and a CT in Hounsfield
@@ -94,9 +94,9 @@ def run(data: Path, out: Path, threads: int, weights: str | None, batch_size: in
         refine_steps: int | None = None) -> dict:
     import SimpleITK as sitk
     import torch
-    from bsafusion import checkpoint
+    from bsafusion.model import checkpoint
     from bsafusion.model import BSFAF, ModelConfig
-    from bsafusion.volume import read_volume, register_and_fuse_volumes, write_volume_result
+    from bsafusion.inference.volume import read_volume, register_and_fuse_volumes, write_volume_result
 
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

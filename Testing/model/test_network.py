@@ -82,6 +82,26 @@ def test_warped_moving_is_the_moving_image_pulled_by_field_ba():
     assert torch.allclose(out.warped_moving, warp(b, out.field_ba), atol=1e-6)
 
 
+def test_inference_entry_gives_training_s_fields_and_fusion_and_nothing_else(monkeypatch):
+    model = BSFAF(TINY.with_ablation("full")).eval()
+    _activate_registration(model)
+    a, b = _pair()
+    with torch.no_grad():
+        out = model(a, b)
+        called = []
+        monkeypatch.setattr(model.mdffr, "discriminate", lambda *args, **kw: called.append("discriminate"))
+        monkeypatch.setattr(model.head, "classify", lambda *args, **kw: called.append("classify"))
+        inferred = model.infer(a, b)
+        registration = model.register(a, b)
+        other = torch.roll(registration.field_ba, 3, dims=-1)
+        fused_other = model.fuse(registration, other)
+    assert called == []  # no loss-only head runs at inference
+    assert set(vars(inferred)) == {"fused", "field_ba", "field_ab", "translation"}
+    for name in ("fused", "field_ba", "field_ab"):
+        assert torch.equal(getattr(inferred, name), getattr(out, name)), name
+    assert not torch.allclose(fused_other, inferred.fused, atol=1e-5)  # fuse() uses the field it is given
+
+
 def _count(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -149,7 +169,7 @@ def test_runs_at_other_sizes_than_trained():
 
 
 def test_translator_feeds_the_registration_and_learns_only_from_its_own_loss():
-    from bsafusion.losses import LossWeights, compute_losses
+    from bsafusion.training.losses import LossWeights, compute_losses
 
     cfg = ModelConfig(**{**TINY.to_dict(), "pyramid_channels": TINY.pyramid_channels, "translation": True})
     model = BSFAF(cfg)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from bsafusion.modality import MOVING
+
 NAME = "benchmark"
 HELP = "compare BSAFusion with two-stage baselines on unaligned cases (tables, plots, panels)"
 
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="benchmark_out",
                         help="results folder (default: benchmark_out; checked before anything is computed)")
     parser.add_argument("--methods", help=f"comma-separated subset of: {_METHOD_HELP} (default: all available)")
-    parser.add_argument("--modality", nargs="+", type=str.upper, choices=["CT", "PET", "SPECT"],
+    parser.add_argument("--modality", nargs="+", type=str.upper, choices=MOVING,
                         help="modalities to run (default: every one found in --cases)")
     parser.add_argument("--weights-dir", help="folder of bsafusion_<mod>.pt for 'ours' (default: shipped weights)")
     parser.add_argument("--ablation", action="append", type=_ablation, default=[], metavar="NAME=PATH",
@@ -70,10 +72,10 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from bsafusion.benchmark import run_benchmark
+    from bsafusion.evaluation.benchmark import run_benchmark
     from bsafusion.errors import InputError
-    from bsafusion.evaluate import read_csv, summarize
-    from bsafusion.report import markdown_tables
+    from bsafusion.evaluation.evaluate import read_csv, summarize
+    from bsafusion.evaluation.report import markdown_tables
 
     ablations = dict(args.ablation)
     if len(ablations) != len(args.ablation):

@@ -13,14 +13,16 @@ import argparse
 import csv
 from pathlib import Path
 
+from bsafusion.modality import MOVING
+
 NAME = "demo"
 HELP = "register + fuse synthetic phantom pairs and report metrics"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--modality", nargs="+", type=str.upper, default=["CT", "PET", "SPECT"],
-                        choices=["CT", "PET", "SPECT"])
+    parser.add_argument("--modality", nargs="+", type=str.upper, default=list(MOVING),
+                        choices=MOVING)
     parser.add_argument("--seed", type=int, default=7, help="phantom and misalignment seed")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--weights-dir", help="folder with bsafusion_<modality>.pt (default: shipped models)")
@@ -32,10 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     from bsafusion.colour import split_luma
     from bsafusion.deform import random_misalignment
-    from bsafusion.infer import Fuser, write_result
+    from bsafusion.inference.fuser import Fuser, write_result
     from bsafusion.io import atomic_output
-    from bsafusion.metrics import FUSION_METRICS
-    from bsafusion.metrics.registration import endpoint_error, folding_fraction, ncc
+    from bsafusion.model import checkpoint
+    from bsafusion.evaluation.metrics import FUSION_METRICS
+    from bsafusion.evaluation.metrics.registration import endpoint_error, folding_fraction, ncc
     from bsafusion.phantom import phantom_pair
 
     out = Path(args.out)
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             moving = mis.apply(pair.other).clip(0, 1)
             truth, moving_luma = pair.other, moving
-        weights = Path(args.weights_dir) / f"bsafusion_{modality.lower()}.pt" if args.weights_dir else None
+        weights = Path(args.weights_dir) / checkpoint.weights_file_name(modality) if args.weights_dir else None
         result = Fuser(modality, weights, args.device).fuse(pair.mri, moving)
         write_result(result, sitk.GetImageFromArray(pair.mri), out, f"phantom_{modality.lower()}", pair.mri, moving)
         inner = (slice(None), slice(32, -32), slice(32, -32))

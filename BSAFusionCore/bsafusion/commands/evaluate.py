@@ -5,13 +5,15 @@ a method's results (<MOD>/Fusion_GRAY or <MOD>/Fusion, optional <MOD>/<MOD>_alig
 file names. Prints a table per modality (mean ± std of the fusion and registration metrics,
 best in bold) and writes per_case.csv, summary.csv, report.md and box plots into --out. Unless
 --no-baseline, the "no registration" line (fuse-by-average of the unaligned pair) is added for
-context. Fusion metrics use the MRI and the aligned truth as sources (see bsafusion.evaluate).
+context. Fusion metrics use the MRI and the aligned truth as sources (see bsafusion.evaluation.evaluate).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+
+from bsafusion.modality import MOVING
 
 NAME = "evaluate"
 HELP = "score a folder of fused/aligned outputs against the aligned truth"
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="method", help="method name in tables (default: method)")
     parser.add_argument("--out", default="eval_out",
                         help="output folder (default: eval_out; checked before anything is computed)")
-    parser.add_argument("--modality", nargs="+", type=str.upper, choices=["CT", "PET", "SPECT"],
+    parser.add_argument("--modality", nargs="+", type=str.upper, choices=MOVING,
                         help="modalities to evaluate (default: every one found in --cases)")
     parser.add_argument("--no-baseline", action="store_true", help="leave out the no-registration line")
     parser.add_argument("--no-plots", action="store_true", help="do not write box plots")
@@ -44,9 +46,9 @@ def _command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from bsafusion.errors import InputError
-    from bsafusion.evaluate import evaluate_folder, summarize
+    from bsafusion.evaluation.evaluate import evaluate_folder, summarize
     from bsafusion.io import check_output_dir
-    from bsafusion.report import markdown_tables, write_report
+    from bsafusion.evaluation.report import markdown_tables, write_report
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")

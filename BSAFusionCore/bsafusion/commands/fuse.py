@@ -29,23 +29,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bsafusion.modality import MOVING
+
 NAME = "fuse"
 HELP = "register + fuse a pair (2D files, folders of slices, or 3D volumes / DICOM series)"
-
-_SLICE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed", required=True, help="fixed image (MRI): file, folder of slices or DICOM folder")
     parser.add_argument("--moving", required=True, help="moving image (CT/PET/SPECT) of the same kind")
-    parser.add_argument("--modality", required=True, type=str.upper, choices=["CT", "PET", "SPECT"])
+    parser.add_argument("--modality", required=True, type=str.upper, choices=MOVING)
     parser.add_argument("--out", required=True,
                         help="output folder (created; checked before computing; outputs appear all at once)")
     parser.add_argument("--weights", help="weights file (default: the shipped model for --modality)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--refine-steps", type=int, metavar="N",
-                        help="per-pair refinement of the network's field (default: 100 for CT, off for PET/SPECT; "
-                             "0 = off); see bsafusion.refine")
+                        help="per-pair refinement of the network's field (default: the modality's, off for all "
+                             "three; 0 = off); see bsafusion.inference.refine")
     parser.add_argument("--no-prealign", action="store_true", help="volumes: skip the rigid pre-alignment")
     parser.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"],
                         help="volumes: plane the 2D network runs in (default axial)")
@@ -55,23 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _is_slice_folder(path: Path) -> bool:
     """A folder holding 2D slice images (any other folder is taken as a DICOM series)."""
-    return path.is_dir() and any(p.suffix.lower() in _SLICE_SUFFIXES for p in path.iterdir())
+    from bsafusion.io import GEOMETRY_FREE_SUFFIXES, image_suffix
 
-
-def _is_volume(path: Path) -> bool:
-    """3D input? A folder without 2D slice images is taken as a DICOM series."""
-    if path.is_dir():
-        return not _is_slice_folder(path)
-    if path.suffix.lower() in _SLICE_SUFFIXES:
-        return False
-    from bsafusion.io import read_image
-
-    return read_image(path).GetDimension() == 3
+    return path.is_dir() and any(image_suffix(p) in GEOMETRY_FREE_SUFFIXES for p in path.iterdir())
 
 
 def _fuse_folders(fixed: Path, moving: Path, args: argparse.Namespace) -> int:
     from bsafusion.errors import InputError
-    from bsafusion.infer import Fuser, fuse_folder, pair_folder
+    from bsafusion.inference.fuser import Fuser, fuse_folder, pair_folder
 
     pairs = pair_folder(fixed, moving)
     fuser = Fuser(args.modality, args.weights, args.device, refine=args.refine_steps)
@@ -98,22 +88,27 @@ def run(args: argparse.Namespace) -> int:
                          f"(paired by file name) or two files")
     if _is_slice_folder(fixed):
         return _fuse_folders(fixed, moving, args)
-    if _is_volume(fixed):
-        from bsafusion.volume import console_progress, fuse_volume_files
+    from bsafusion.io import read_image
+
+    # each input is read once: its dimension picks the path, and the path uses what was read
+    fixed_image, moving_image = read_image(fixed), read_image(moving)
+    if fixed_image.GetDimension() == 3:
+        from bsafusion.inference.volume import console_progress, fuse_volume_images
 
         progress = None if args.no_progress else console_progress()
-        result, paths = fuse_volume_files(fixed, moving, args.modality, args.out, args.stem, weights=args.weights,
-                                          device=args.device, prealign=not args.no_prealign, axis=args.axis,
-                                          progress=progress, refine_steps=args.refine_steps)
+        result, paths = fuse_volume_images(fixed_image, moving_image, (str(fixed), str(moving)), args.modality,
+                                           args.out, args.stem, weights=args.weights, device=args.device,
+                                           prealign=not args.no_prealign, axis=args.axis, progress=progress,
+                                           refine_steps=args.refine_steps)
         for kind, path in paths.items():
             print(f"{kind:22s} {path}")
         print(f"inverse consistency: {result.inverse_consistency_mm:.3f} mm; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
         return 0
 
-    from bsafusion.infer import Fuser, fuse_files
+    from bsafusion.inference.fuser import Fuser, fuse_images
 
     fuser = Fuser(args.modality, args.weights, args.device, refine=args.refine_steps)
-    for kind, path in fuse_files(fixed, moving, fuser, args.out).items():
+    for kind, path in fuse_images(fixed_image, moving_image, fixed, moving, fuser, args.out).items():
         print(f"{kind:8s} {path}")
     return 0

@@ -35,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bsafusion import distributed
+    from bsafusion.training import distributed
     from bsafusion.device import resolve_device
-    from bsafusion.train import Trainer, export_weights, load_config
+    from bsafusion.training.train import Trainer, export_weights, load_config
 
     overrides = list(args.overrides)
     if args.data:

@@ -1,6 +1,6 @@
 """The BSFA-F network, one module per block of the paper."""
 
-from bsafusion.model.config import ABLATIONS, MODALITY_CLASSES, ModelConfig
-from bsafusion.model.network import BSFAF, BSFAFOutput
+from bsafusion.model.config import ABLATIONS, ModelConfig
+from bsafusion.model.network import BSFAF, BSFAFOutput, Inference, Registration
 
-__all__ = ["ABLATIONS", "MODALITY_CLASSES", "BSFAF", "BSFAFOutput", "ModelConfig"]
+__all__ = ["ABLATIONS", "BSFAF", "BSFAFOutput", "Inference", "ModelConfig", "Registration"]

@@ -11,13 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from bsafusion.configutil import check_known_keys
-
-#: Modality classes of the MFRH classifiers. MRI (the fixed image) is a class of its own.
-MODALITY_CLASSES: tuple[str, ...] = ("CT", "PET", "SPECT", "MRI")
+from bsafusion.config import check_known_keys
 
 #: The paper's ablations (Sec. "Ablation study"): name -> architecture overrides.
-#: Loss-side switches (L_ce2 off for setting A) live in :data:`bsafusion.losses.ABLATION_LOSS_OVERRIDES`.
+#: Loss-side switches (L_ce2 off for setting A) live in :data:`bsafusion.training.losses.ABLATION_LOSS_OVERRIDES`.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
     "setting_a": {"exchange": False},  # no MFRH exchange, no L_ce2

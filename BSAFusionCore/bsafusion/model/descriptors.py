@@ -29,7 +29,7 @@ def mind_descriptor(x: torch.Tensor, radius: int = 2, sigma: float = 0.8) -> tor
     h, w = x.shape[2:]
     squared = torch.cat([(x - padded[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]) ** 2 for dy, dx in shifts], dim=1)
     # one grouped convolution for the four distance maps: same numbers as four convolutions,
-    # 2.7x faster forwards + backwards on the CPU, which matters inside bsafusion.refine's loop
+    # 2.7x faster forwards + backwards on the CPU, which matters inside bsafusion.inference.refine's loop
     window = win.expand(len(shifts), 1, -1, -1).contiguous()
     d = F.conv2d(F.pad(squared, (radius,) * 4, mode="replicate"), window, groups=len(shifts))
     variance = d.mean(dim=1, keepdim=True).clamp(min=1e-6)

@@ -23,13 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from bsafusion.model.blocks import TransformerLayer
-from bsafusion.model.config import MODALITY_CLASSES, ModelConfig
+from bsafusion.modality import CLASS_NAMES
+from bsafusion.model.config import ModelConfig
 
 
 class ModalityFeatureHead(nn.Module):
     """The MFRH token and its modality classifier (L_ce1)."""
 
-    def __init__(self, dim: int, num_classes: int = len(MODALITY_CLASSES)) -> None:
+    def __init__(self, dim: int, num_classes: int = len(CLASS_NAMES)) -> None:
         super().__init__()
         self.token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.token, std=0.02)
@@ -45,7 +46,7 @@ class ModalityFeatureHead(nn.Module):
 class MDFFR(nn.Module):
     """MFRH exchange + Transfer blocks + modality discriminator (L_ce2)."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int = len(MODALITY_CLASSES)) -> None:
+    def __init__(self, cfg: ModelConfig, num_classes: int = len(CLASS_NAMES)) -> None:
         super().__init__()
         self.exchange = cfg.exchange
         self.transfer = nn.ModuleList(TransformerLayer(cfg.embed_dim, cfg.heads) for _ in range(cfg.transfer_depth))

@@ -35,7 +35,7 @@ class BSAFusionBatchTest(unittest.TestCase):
 
     def _weights(self):
         """Shipped CT model if present, else a tiny untrained one (checks wiring, not quality)."""
-        from bsafusion import checkpoint
+        from bsafusion.model import checkpoint
         from bsafusion.model import BSFAF, ModelConfig
 
         if checkpoint.default_weights_path("CT").is_file():
@@ -47,7 +47,7 @@ class BSAFusionBatchTest(unittest.TestCase):
 
     def test_batch_writes_outputs(self):
         import BSAFusionBatch
-        from bsafusion.volume import OUTPUT_FILES
+        from bsafusion.inference.volume import OUTPUT_FILES
 
         fixed, moving = self._pair()
         out = os.path.join(self.folder, "out")

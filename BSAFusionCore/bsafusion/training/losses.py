@@ -1,0 +1,181 @@
+"""Training losses of BSFA-F, every weight a config value.
+
+Terms (the ``name`` is the key in the loss dictionary and the CSV log):
+
+``ce1``
+    L_ce1: cross-entropy of the MFRH classifier (fixed image -> MRI, moving -> its modality).
+``ce2``
+    L_ce2: the modality discriminator learns to classify *detached* alignment features, and the
+    features are pushed towards a uniform prediction of the frozen discriminator
+    (cross-entropy to the uniform distribution minus its minimum ``log K``); see
+    :mod:`bsafusion.model.mdffr` for why it is split this way.
+``smooth``
+    Mean squared spatial gradient of every predicted velocity, finer steps weighted more
+    (weight ``2**level``, normalised to sum to 1), as the published code does.
+``consistency``
+    ``|field_AB o field_BA|`` (the two directions must be inverse) plus ``1 - cosine`` between
+    A's and B's alignment features warped to the middle position, at every level.
+``registration``
+    ``1 - LNCC(warp(moving, field_BA), moving_aligned)`` (9x9 windows, averaged over the images
+    pooled by 1, 2 and 4 for capture range): the warped moving image against its aligned
+    version, available for synthetic misalignment.
+``mind``
+    Modality-independent similarity (MIND, Heinrich et al., MedIA 2012, 4-neighbourhood
+    self-similarity) between the warped moving image and the fixed one; off by default, for
+    fine-tuning on real unaligned pairs without any aligned truth.
+``supervised_field``
+    Endpoint error against the field of the synthetic misalignment (training pairs only: the
+    field is the one the data loader drew, never a test truth). Off by default; the shipped
+    models use it as the registration curriculum: with only image similarity the registration
+    layers stayed at the identity for the whole CPU budget, and the endpoint error gives every
+    layer a direct, well-scaled gradient from the first step.
+``translation``
+    ``L1(B_hat, moving_aligned)``: the modality translation of MDF-FR (A decoded into B's
+    contrast, :mod:`bsafusion.model.translation`) against the aligned truth of B.
+``ssim`` / ``intensity`` / ``gradient``
+    Fusion: ``1 - mean(SSIM(F, A), SSIM(F, B'))``; ``L1(F, max(A, B'))``;
+    ``L1(|Sobel F|, max(|Sobel A|, |Sobel B'|))``. ``B'`` is the aligned truth of the moving
+    image when the batch has it (``fusion_target="aligned"``) and otherwise the warped moving
+    image, detached so that fusion losses do not bend the registration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bsafusion.config import check_known_keys
+from bsafusion.deform import compose, diffusion
+from bsafusion import modality as modalities
+from bsafusion.model.descriptors import gaussian_window, mind_descriptor
+from bsafusion.model.network import BSFAFOutput
+from bsafusion.similarity import multiscale_lncc
+
+#: Loss-side overrides of the paper's ablations (architecture side: ``model.config.ABLATIONS``).
+ABLATION_LOSS_OVERRIDES: dict[str, dict[str, float]] = {"setting_a": {"ce2": 0.0}}
+
+MRI_CLASS = modalities.get("MRI").class_index
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms (0 switches a term off). Defaults used for the shipped models."""
+
+    ce1: float = 0.05
+    ce2: float = 0.05
+    smooth: float = 0.5
+    consistency: float = 0.1
+    registration: float = 1.0
+    mind: float = 0.0
+    supervised_field: float = 0.0
+    translation: float = 0.0
+    ssim: float = 1.0
+    intensity: float = 1.0
+    gradient: float = 2.0
+    fusion_target: str = "aligned"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LossWeights":
+        check_known_keys(data, cls, "loss weight keys")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5) per batch item."""
+    win = gaussian_window(device=x.device).to(x.dtype)
+    pad = win.shape[-1] // 2
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(t, (pad,) * 4, mode="reflect"), win)
+
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx**2
+    syy = blur(y * y) - my**2
+    sxy = blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(dim=1)
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|Sobel gradient| of ``(N, 1, H, W)`` images (replicate padding)."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
+    k = torch.stack([kx, kx.t()])[:, None]
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
+    return torch.sqrt((g**2).sum(dim=1, keepdim=True) + 1e-12)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def compute_losses(out: BSFAFOutput, batch: dict[str, torch.Tensor], weights: LossWeights) -> dict[str, torch.Tensor]:
+    """All weighted-in terms (unweighted values) and their weighted sum under ``"total"``.
+
+    ``batch`` holds ``fixed``, ``moving``, ``modality_index`` and, for synthetic pairs,
+    ``moving_aligned`` and ``field``.
+    """
+    fixed = batch["fixed"]
+    terms: dict[str, torch.Tensor] = {}
+    if weights.ce1:
+        logits_a, logits_b = out.mfrh_logits
+        target_b = batch["modality_index"].to(fixed.device).long()
+        terms["ce1"] = 0.5 * (
+            F.cross_entropy(logits_a, torch.full_like(target_b, MRI_CLASS)) + F.cross_entropy(logits_b, target_b)
+        )
+    if weights.ce2:
+        target_b = batch["modality_index"].to(fixed.device).long()
+        disc_a, disc_b = out.discriminator_logits
+        conf_a, conf_b = out.confusion_logits
+        classify = 0.5 * (
+            F.cross_entropy(disc_a, torch.full_like(target_b, MRI_CLASS)) + F.cross_entropy(disc_b, target_b)
+        )
+        log_k = math.log(conf_a.shape[1])
+        uniform = 0.5 * sum(-F.log_softmax(c, dim=1).mean(dim=1).mean() - log_k for c in (conf_a, conf_b))
+        terms["ce2"] = classify + uniform
+    if weights.smooth:
+        levels = out.alignment.velocity_levels
+        level_w = torch.tensor([2.0**lvl for lvl in levels])
+        level_w = level_w / level_w.sum()
+        terms["smooth"] = sum(w * diffusion(v).mean() for w, v in zip(level_w.tolist(), out.alignment.velocities))
+    if weights.consistency:
+        round_trip = compose(out.field_ab, out.field_ba).abs().mean()
+        middle = sum(
+            (1 - F.cosine_similarity(a, b, dim=1)).mean() for a, b in out.alignment.middle
+        ) / len(out.alignment.middle)
+        terms["consistency"] = round_trip + middle
+    has_truth = "moving_aligned" in batch
+    if weights.registration and has_truth:
+        terms["registration"] = 1 - multiscale_lncc(out.warped_moving, batch["moving_aligned"]).mean()
+    if weights.mind:
+        terms["mind"] = (mind_descriptor(out.warped_moving) - mind_descriptor(fixed)).abs().mean()
+    if weights.translation and has_truth and out.translation is not None:
+        terms["translation"] = (out.translation - batch["moving_aligned"]).abs().mean()
+    if weights.supervised_field and "field" in batch:
+        terms["supervised_field"] = torch.sqrt(((out.field_ba - batch["field"]) ** 2).sum(dim=1) + 1e-8).mean()
+
+    if weights.fusion_target == "aligned" and has_truth:
+        other = batch["moving_aligned"]
+    else:
+        other = out.warped_moving.detach()
+    fused = out.fused
+    if weights.ssim:
+        terms["ssim"] = 1 - 0.5 * (ssim(fused, fixed) + ssim(fused, other)).mean()
+    if weights.intensity:
+        terms["intensity"] = (fused - torch.maximum(fixed, other)).abs().mean()
+    if weights.gradient:
+        target = torch.maximum(sobel_magnitude(fixed), sobel_magnitude(other))
+        terms["gradient"] = (sobel_magnitude(fused) - target).abs().mean()
+
+    total = sum(getattr(weights, name) * value for name, value in terms.items())
+    terms["total"] = total
+    return terms

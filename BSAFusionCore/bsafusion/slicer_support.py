@@ -50,6 +50,7 @@ from bsafusion.colour import split_luma
 from bsafusion.errors import InputError
 from bsafusion.modality import MOVING as MODALITIES
 from bsafusion.device import resolve_device
+from bsafusion.transforms import read_displacement_transform, write_displacement_transform
 from bsafusion.inference.volume import VolumeResult, register_and_fuse_volumes
 from bsafusion.inference.volume.geometry import AXES as _AXES
 
@@ -424,30 +425,19 @@ def quality_summary(result: VolumeResult) -> str:
 
 def write_slicer_transform(transform: sitk.Transform, reference: sitk.Image, directory: str | Path,
                            stem: str = "bsafusion_transform") -> Path:
-    """Write ``transform`` (fixed -> moving points, LPS mm) as a compressed displacement field.
+    """Write ``transform`` (fixed -> moving points, LPS mm) as ``<stem>.nrrd`` for Slicer.
 
-    The file is ``<stem>.nrrd``: the total displacement ``transform(x) - x`` on ``reference``'s
-    grid (the fixed volume), float32, gzip-compressed. ``vtkMRMLTransformStorageNode`` reads it
-    as one grid transform *from parent* (converting LPS to RAS), which is what the module sets as
-    the moving volume's parent transform. Why not the core's composite ``.h5``: ITK writes HDF5
-    transforms uncompressed at 24 bytes per voxel (225 MB for 256 x 256 x 150), and SimpleITK
-    cannot compress them. Folding the affine into the field loses nothing inside the grid:
-    linear interpolation of ``A(x + d(x)) - x`` equals ``A(x + interpolated d) - x`` because
-    ``A`` is affine.
+    A compressed displacement field on ``reference``'s grid
+    (:func:`bsafusion.transforms.write_displacement_transform`, the file the batch outputs hold
+    too); ``vtkMRMLTransformStorageNode`` reads it as one grid transform *from parent*, which is
+    what the module sets as the moving volume's parent transform.
     """
-    path = Path(directory) / f"{stem}.nrrd"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, reference.GetSize(),
-                                              reference.GetOrigin(), reference.GetSpacing(),
-                                              reference.GetDirection())
-    sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorFloat32), str(path), True)
-    return path
+    return write_displacement_transform(transform, reference, Path(directory) / f"{stem}.nrrd")
 
 
 def read_slicer_transform(path: str | Path) -> sitk.DisplacementFieldTransform:
     """The transform of a :func:`write_slicer_transform` file, as SimpleITK applies it."""
-    field = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkVectorFloat64)
-    return sitk.DisplacementFieldTransform(field)
+    return read_displacement_transform(path)
 
 
 def ijk_to_ras(image: sitk.Image) -> np.ndarray:

@@ -27,6 +27,7 @@ from bsafusion.io import write_dicom_series
 from bsafusion.evaluation.metrics.registration import endpoint_error, mutual_information, ncc
 from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import LESION, phantom_pair
+from bsafusion.transforms import read_displacement_transform
 from bsafusion.inference.volume import (
     Cancelled,
     check_volume,
@@ -239,9 +240,14 @@ def test_written_outputs_read_back(rigid_case, tmp_path: Path) -> None:
     fixed, moving, result, _ = rigid_case
     paths = write_volume_result(result, tmp_path / "out", stem="case")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
-    transform = sitk.ReadTransform(str(paths["transform"]))
+    assert paths["transform"].name == "case_transform.nrrd"
+    transform = read_displacement_transform(paths["transform"])
     again = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
     np.testing.assert_allclose(_array(again), _array(result.aligned), atol=1e-2)
+    # one float32 vector per fixed voxel, compressed: less than ITK's 24 uncompressed bytes
+    assert paths["transform"].stat().st_size < 12 * int(np.prod(fixed.GetSize()))
+    field = sitk.ReadImage(str(paths["transform"]))
+    assert field.GetPixelID() == sitk.sitkVectorFloat32 and field.GetSize() == fixed.GetSize()
     for key in ("fused", "aligned", "inverse_displacement", "jacobian"):
         image = sitk.ReadImage(str(paths[key]))
         np.testing.assert_allclose(image.GetOrigin(), fixed.GetOrigin(), atol=1e-4)
@@ -466,7 +472,7 @@ def test_real_ct_to_mri_volumes(volumes_dir: Path, tiny_weights, tmp_path: Path)
     assert result.overlap > 0.5
     assert result.inverse_consistency_mm < 1.0
     assert _same_geometry(result.fused, mri)
-    assert ncc(_array(sitk.Resample(ct, mri, sitk.ReadTransform(str(paths["transform"])), sitk.sitkLinear,
+    assert ncc(_array(sitk.Resample(ct, mri, read_displacement_transform(paths["transform"]), sitk.sitkLinear,
                                     0.0, sitk.sitkFloat32)), _array(result.aligned)) > 0.99
 
 

@@ -10,9 +10,10 @@ pair must have the same size. Images need at least 16x16 pixels; a colour moving
 refused for CT.
 
 3D (NIfTI/NRRD/MHA files or DICOM series folders): optional rigid pre-alignment, slice-wise
-network, and <stem>_transform.h5 (total ITK transform, LPS mm: sitk.Resample(moving, fixed,
-transform) gives the aligned volume; 3D Slicer loads it as the moving volume's parent
-transform), <stem>_fused/_aligned/_inverse_displacement/_jacobian.nii.gz in the fixed geometry.
+network, and <stem>_transform.nrrd (the total transform as one compressed displacement field,
+LPS mm: sitk.Resample(moving, fixed, bsafusion.transforms.read_displacement_transform(path))
+gives the aligned volume; 3D Slicer loads it as the moving volume's parent transform),
+<stem>_fused/_aligned/_inverse_displacement/_jacobian.nii.gz in the fixed geometry.
 See BSAFusionCore/docs/volumes.md.
 
 Outputs and errors: --out is checked before anything is computed. A pair's (or a volume's)

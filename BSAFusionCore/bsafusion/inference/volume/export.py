@@ -5,15 +5,17 @@ Files (``<stem>`` defaults to ``bsafusion``), all in the fixed volume's geometry
 ==================================  ============================================================
 ``<stem>_fused.nii.gz``             fused volume, float32 [0, 1] (RGB vector image for PET/SPECT)
 ``<stem>_aligned.nii.gz``           moving volume in the fixed geometry, original units, float32
-``<stem>_transform.h5``             **total transform** fixed -> moving points: an ITK
-                                    ``CompositeTransform`` (pre-alignment affine + displacement
-                                    field, float64, mm, LPS) in HDF5, the only ITK transform
-                                    file format that holds both; ``sitk.ReadTransform`` reads it
-                                    back and ``sitk.Resample(moving, fixed, T)`` gives the
-                                    aligned volume; 3D Slicer loads it (Add Data, or
-                                    ``slicer.util.loadTransform``) as one transform node to set
-                                    as the moving volume's parent. Not compressed (ITK writes
-                                    HDF5 transforms uncompressed): 24 bytes per fixed voxel.
+``<stem>_transform.nrrd``           **total transform** fixed -> moving points (pre-alignment
+                                    affine and displacement folded into one displacement field
+                                    on the fixed grid, float32 mm, LPS, gzip-compressed;
+                                    :func:`bsafusion.transforms.write_displacement_transform`):
+                                    ``sitk.Resample(moving, fixed, T)`` with
+                                    ``T = bsafusion.transforms.read_displacement_transform(path)``
+                                    gives the aligned volume; 3D Slicer loads it (Add Data, or
+                                    ``slicer.util.loadTransform``) as one grid transform node to
+                                    set as the moving volume's parent. ITK's composite ``.h5``
+                                    would keep the two parts apart but is written uncompressed
+                                    (225 MB at 256 x 256 x 150).
 ``<stem>_affine.tfm``               the pre-alignment alone (text ITK transform)
 ``<stem>_inverse_displacement.nii.gz``  inverse of the deformable part (vector float32, mm, LPS)
 ``<stem>_jacobian.nii.gz``          Jacobian determinant of the deformable part, float32
@@ -36,6 +38,7 @@ import SimpleITK as sitk
 
 from bsafusion.errors import InputError
 from bsafusion.io import check_output_dir, staged_outputs, write_image, write_transform
+from bsafusion.transforms import write_displacement_transform
 from bsafusion.inference.volume.geometry import read_volume
 from bsafusion.inference.volume.pipeline import VolumeResult, register_and_fuse_volumes
 
@@ -45,7 +48,7 @@ __all__ = ["OUTPUT_FILES", "write_volume_result", "fuse_volume_files", "fuse_vol
 OUTPUT_FILES: dict[str, str] = {
     "fused": "{stem}_fused.nii.gz",
     "aligned": "{stem}_aligned.nii.gz",
-    "transform": "{stem}_transform.h5",
+    "transform": "{stem}_transform.nrrd",
     "affine": "{stem}_affine.tfm",
     "inverse_displacement": "{stem}_inverse_displacement.nii.gz",
     "jacobian": "{stem}_jacobian.nii.gz",
@@ -82,7 +85,7 @@ def write_volume_result(result: VolumeResult, out_dir: str | Path, stem: str = "
     with staged_outputs(out_dir) as stage:
         write_image(result.fused, stage / names["fused"])
         write_image(result.aligned, stage / names["aligned"])
-        write_transform(result.transform, stage / names["transform"], probe)
+        write_displacement_transform(result.transform, result.fused, stage / names["transform"], probe)
         write_transform(result.affine if result.affine is not None else sitk.AffineTransform(3),
                         stage / names["affine"], probe)
         write_image(sitk.Cast(result.inverse_displacement, sitk.sitkVectorFloat32), stage / names["inverse_displacement"])

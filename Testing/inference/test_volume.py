@@ -243,7 +243,9 @@ def test_written_outputs_read_back(rigid_case, tmp_path: Path) -> None:
     assert paths["transform"].name == "case_transform.nrrd"
     transform = read_displacement_transform(paths["transform"])
     again = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
-    np.testing.assert_allclose(_array(again), _array(result.aligned), atol=1e-2)
+    # HU; the file rounds displacements to 2**-17 of their size (~1e-4 mm here), which moves
+    # values on the phantom's steepest edges (~300 HU/mm) by a few hundredths of a HU
+    np.testing.assert_allclose(_array(again), _array(result.aligned), atol=0.05)
     # one float32 vector per fixed voxel, compressed: less than ITK's 24 uncompressed bytes
     assert paths["transform"].stat().st_size < 12 * int(np.prod(fixed.GetSize()))
     field = sitk.ReadImage(str(paths["transform"]))

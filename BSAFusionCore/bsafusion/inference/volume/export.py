@@ -85,7 +85,7 @@ def write_volume_result(result: VolumeResult, out_dir: str | Path, stem: str = "
     with staged_outputs(out_dir) as stage:
         write_image(result.fused, stage / names["fused"])
         write_image(result.aligned, stage / names["aligned"])
-        write_displacement_transform(result.transform, result.fused, stage / names["transform"], probe)
+        write_displacement_transform(result.transform, result.fused, stage / names["transform"])
         write_transform(result.affine if result.affine is not None else sitk.AffineTransform(3),
                         stage / names["affine"], probe)
         write_image(sitk.Cast(result.inverse_displacement, sitk.sitkVectorFloat32), stage / names["inverse_displacement"])

@@ -6,7 +6,9 @@ network registers them (:meth:`~bsafusion.model.BSFAF.register`), per-pair refin
 (:mod:`bsafusion.inference.refine`, off by default) may replace its field, and the network fuses
 with the field kept (:meth:`~bsafusion.model.BSFAF.fuse`). The results are brought back to the
 fixed image's size: the field is resampled *and rescaled* to the fixed grid's pixels, the moving image
-is warped at full resolution by that field, and the fused luma is resampled bilinearly.
+is warped at full resolution by that field, and the fused luma is resampled bilinearly; where
+both the fixed and the aligned moving image are background, it keeps the fixed image's
+background (:mod:`bsafusion.inference.background`).
 PET/SPECT are fused on their Y channel (YCbCr); the aligned chroma (Cb, Cr) is put back.
 
 Field convention: see :mod:`bsafusion.deform` (pixels of the fixed grid, channels x, y;
@@ -30,6 +32,7 @@ from bsafusion.colour import NEUTRAL_CHROMA, merge_luma, split_luma
 from bsafusion.deform import invert, resize_field, resize_image, warp
 from bsafusion.errors import InputError
 from bsafusion.device import resolve_device
+from bsafusion.inference.background import keep_background
 from bsafusion.inference.refine import RefineSettings, default_settings, refine_field
 from bsafusion.io import (
     GEOMETRY_FREE_SUFFIXES,
@@ -167,12 +170,13 @@ class Fuser:
         if self.refine.steps:
             field_net = refine_field(fixed_net, moving_net, field_net, self.refine, registration.translation)
             inverse_net = invert(field_net)
-        fused_luma = resize_image(self.model.fuse(registration, field_net), shape).clamp(0, 1)
         field = resize_field(field_net, shape)
         inverse = resize_field(inverse_net, shape)
         # the moving image is warped once, at full size (the network's own warp is for training)
         # border padding: the studio-range background of PET/SPECT luma is 16/255, not 0
         aligned_luma = warp(moving_full, field, padding="border")
+        fused_luma = resize_image(self.model.fuse(registration, field_net), shape).clamp(0, 1)
+        fused_luma = keep_background(fused_luma, fixed_t, aligned_luma)
 
         results = []
         for i, chroma in enumerate(chroma_list):

@@ -115,3 +115,16 @@ def test_harvard_luma_is_bt601_studio_range(harvard_dir, modality):
         [results / "Fusion_GRAY" / n for n in fused], [results / "Fusion" / n for n in fused], full_range=False
     )
     assert official.max() <= 1.0
+
+
+def test_warped_chroma_is_neutral_where_it_comes_from_outside():
+    import torch
+
+    from bsafusion.colour import NEUTRAL_CHROMA, warp_chroma
+
+    cbcr = torch.full((1, 2, 16, 16), 0.9)
+    shift = torch.zeros(1, 2, 16, 16)
+    shift[:, 0] = 4.0  # pull from 4 px to the right: the last 4 columns come from outside
+    out = warp_chroma(cbcr, shift)
+    torch.testing.assert_close(out[..., -3:], torch.full_like(out[..., -3:], NEUTRAL_CHROMA))
+    torch.testing.assert_close(out[..., :10], cbcr[..., :10])

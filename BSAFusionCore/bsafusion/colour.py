@@ -236,3 +236,14 @@ def pseudo_colour(grey: np.ndarray, lut: str = "PET") -> np.ndarray:
     values = np.clip(np.asarray(grey, dtype=np.float64), 0.0, 1.0)
     rgb = [np.interp(values, table[:, 0], table[:, c] / 255.0) for c in (1, 2, 3)]
     return np.stack(rgb, axis=-1).astype(np.float32)
+
+
+def warp_chroma(cbcr: "torch.Tensor", field: "torch.Tensor") -> "torch.Tensor":
+    """Warp ``(N, 2, H, W)`` chroma by a :mod:`bsafusion.deform` field, neutral outside the image.
+
+    Zero padding would mean Cb = Cr = 0, a saturated green border; chroma is warped as its
+    offset from neutral grey, so what comes in from outside is grey.
+    """
+    from bsafusion.deform import warp
+
+    return warp(cbcr - NEUTRAL_CHROMA, field) + NEUTRAL_CHROMA

@@ -37,6 +37,7 @@ from bsafusion.evaluation.evaluate import (
     METRIC_NAMES,
     Case,
     MethodOutput,
+    OutputFolder,
     case_metrics,
     no_registration,
     read_csv,
@@ -116,10 +117,14 @@ def test_every_output_file_exists(full):
         assert (out / name).is_file()
     for metric in (*FUSION_METRIC_NAMES, "ncc", "ssim", "mae", "mutual_information", "folding_fraction"):
         assert (out / f"boxplot_{metric}.png").is_file(), metric
-    for modality in CASES:
-        for kind in ("panel", "checkerboard"):
-            path = out / f"{kind}_{modality}.png"
-            assert path.stat().st_size > 1000 and f"({path.name})" in report.read_text()
+    text = report.read_text()
+    for modality, n in CASES.items():
+        for case in range(n):  # fewer cases than the default three panels: every case shown
+            kinds = ("panel", "checkerboard", *(("colour",) if modality == "PET" else ()))
+            for kind in kinds:
+                path = out / f"{kind}_{modality}_{case}.png"
+                assert path.stat().st_size > 1000 and f"({path.name})" in text
+    assert not list(out.glob("colour_CT_*"))  # grey CT has no colour picture
     settings = json.loads((out / "settings.json").read_text())
     assert settings["methods"] == _methods(rows) and settings["seed"] == 0
     assert settings["weights"]["Ablation: multi"] == {m: str(out.parent / "run" / "best.pt") for m in CASES}
@@ -364,7 +369,29 @@ def test_cli_runs_and_quotes_its_command(data, tmp_path, capsys):
     assert "No reg + average" in printed and "Oracle + Laplacian" in printed
     text = (out / "report.md").read_text()
     assert "bsafusion benchmark --cases" in text and "--methods noreg,oracle" in text and "--modality PET" in text
-    assert (out / "panel_PET.png").is_file() and not (out / "panel_CT.png").exists()
+    assert (out / "panel_PET_0.png").is_file() and not list(out.glob("panel_CT_*"))
+
+
+def test_panel_count_and_case_choose_the_pictures(data, tmp_path):
+    out = tmp_path / "one"
+    run_benchmark(data / "cases", out, methods="noreg", modalities=["CT"], panel_case="1", panel_count=1,
+                  plots=False, progress=False)
+    assert sorted(p.name for p in out.glob("panel_*")) == ["panel_CT_1.png"]
+    with pytest.raises(InputError, match="panel_count"):
+        run_benchmark(data / "cases", tmp_path / "none", methods="noreg", panel_count=0, progress=False)
+
+
+def test_published_colour_files_are_read_in_colour(data, tmp_path):
+    folder = tmp_path / "published"
+    grey = io.read_slice(data / "published" / "PET" / "Fusion" / "0.png")
+    rgb = np.stack([grey, 0.5 * grey, 0.2 * grey], axis=-1)
+    io.write_image(rgb, folder / "PET" / "Fusion" / "0.png")
+    io.write_image(grey, folder / "CT" / "Fusion" / "0.png")
+    outputs = OutputFolder(folder)
+    case = Case("PET", "0", grey, grey)
+    np.testing.assert_allclose(outputs.colour(case), np.round(rgb * 255) / 255, atol=1e-6)
+    assert outputs.colour(Case("CT", "0", grey, grey)) is None  # a grey file is not a colour picture
+    assert outputs.colour(Case("PET", "7", grey, grey)) is None
 
 
 def test_cli_rejects_a_malformed_ablation(data, tmp_path, capsys):

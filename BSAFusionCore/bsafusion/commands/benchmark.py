@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of torch and of the classical registration's sampling (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda for the networks (default auto)")
-    parser.add_argument("--panel-case", help="case shown in the panels (default: first case of each modality)")
+    parser.add_argument("--panel-case", help="case shown first in the panels (default: first case of each modality)")
+    parser.add_argument("--panel-count", type=int, default=3, metavar="N",
+                        help="cases of each modality shown in the panels (default 3)")
     parser.add_argument("--refine-steps", type=int, metavar="N",
                         help="per-pair field refinement steps for ours/ablations (default: per modality; 0 = off)")
     parser.add_argument("--no-plots", action="store_true", help="do not write box plots")
@@ -57,7 +59,8 @@ def _command(args: argparse.Namespace) -> str:
     words = ["bsafusion", NAME, "--cases", args.cases, "--out", args.out]
     options = [("--methods", args.methods), ("--weights-dir", args.weights_dir), ("--published", args.published),
                ("--limit", args.limit), ("--seed", args.seed), ("--device", args.device),
-               ("--panel-case", args.panel_case), ("--refine-steps", args.refine_steps)]
+               ("--panel-case", args.panel_case), ("--panel-count", args.panel_count),
+               ("--refine-steps", args.refine_steps)]
     for flag, value in options:
         if value is not None:
             words += [flag, str(value)]
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         panel_case=args.panel_case,
+        panel_count=args.panel_count,
         plots=not args.no_plots,
         command=_command(args),
         refine_steps=args.refine_steps,

@@ -48,10 +48,12 @@ Outputs (in ``out_dir``)
 ``per_case.csv`` (every metric of every case and method, ``status``/``error``, ``seconds``),
 ``summary.csv``, ``report.md`` (mean ± std tables per modality, best in bold, Q_CV and the other
 lower-is-better columns handled, run time per pair, the exact command, failures),
-``boxplot_<metric>.png`` (:func:`bsafusion.evaluation.report.write_report`), ``panel_<MOD>.png`` (fixed,
-moving and each method's fused luma for one case), ``checkerboard_<MOD>.png`` (fixed image
-against the unaligned moving image, each registration's aligned image and the aligned truth)
-and ``settings.json`` (methods, weights files, classical settings, seed, device).
+``boxplot_<metric>.png`` (:func:`bsafusion.evaluation.report.write_report`); for the first
+``panel_count`` cases of each modality ``panel_<MOD>_<case>.png`` (fixed, moving and each
+method's fused luma), ``colour_<MOD>_<case>.png`` (PET/SPECT: each method's fused image in
+colour, its luma with the moving image's chroma moved by its own field, and the published colour
+files) and ``checkerboard_<MOD>_<case>.png`` (fixed image against the unaligned moving image,
+each registration's aligned image and the aligned truth); and ``settings.json`` (methods, weights files, classical settings, seed, device).
 
 A method that fails on a case (an exception in the method or in scoring its outputs) gives a
 ``failed`` row for that case and method; every other row is kept
@@ -96,6 +98,7 @@ from bsafusion.evaluation.evaluate import (
     evaluate_methods,
     iter_cases,
 )
+from bsafusion.colour import merge_luma, split_luma, warp_chroma
 from bsafusion.inference.fuser import Fuser
 from bsafusion.io import atomic_output, check_output_dir
 from bsafusion.device import resolve_device
@@ -442,9 +445,27 @@ def _blank(shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape[:2], np.float32)
 
 
+def _colour_fused(case: Case, entry: BenchmarkMethod, out: MethodOutputLike) -> np.ndarray | None:
+    """A method's fused PET/SPECT image as a reader sees it: its fused luma with the moving image's
+    chroma moved by the method's own field; the published outputs' own colour files. ``None``
+    where there is neither (no colour moving image, a method without a field)."""
+    if isinstance(entry.method, OutputFolder):
+        return entry.method.colour(case)
+    field = getattr(out, "field", None)
+    if case.moving_rgb is None or field is None:
+        return None
+    import torch
+
+    cbcr = np.moveaxis(split_luma(case.moving_rgb)[1], -1, 0)
+    moved = warp_chroma(torch.from_numpy(np.ascontiguousarray(cbcr))[None], torch.from_numpy(field)[None])[0].numpy()
+    return np.clip(merge_luma(np.clip(out.fused_luma, 0, 1), np.moveaxis(moved, 0, -1)), 0, 1)
+
+
 def _write_panels(case: Case, methods: Sequence[BenchmarkMethod], outputs: Mapping[str, MethodOutputLike],
                   out_dir: Path) -> list[Path]:
-    """``panel_<MOD>.png`` (inputs and fused images) and ``checkerboard_<MOD>.png`` for one case."""
+    """One case's pictures: ``panel_<MOD>_<case>.png`` (inputs and every fused luma),
+    ``colour_<MOD>_<case>.png`` (PET/SPECT fused in colour, where a method allows it) and
+    ``checkerboard_<MOD>_<case>.png`` (MRI against each registration's aligned image)."""
     from bsafusion.visualize import checkerboard, save_panel
 
     def fused(entry: BenchmarkMethod) -> tuple[str, np.ndarray]:
@@ -469,20 +490,29 @@ def _write_panels(case: Case, methods: Sequence[BenchmarkMethod], outputs: Mappi
     if case.label is not None:
         boards.append(("aligned truth", checkerboard(case.fixed, case.label)))
     title = f"{case.modality} case {case.name}"
-    return [
-        save_panel(out_dir / f"panel_{case.modality}.png", panel, title=f"{title}: fused luma"),
-        save_panel(out_dir / f"checkerboard_{case.modality}.png", boards, title=f"{title}: MRI vs aligned image"),
-    ]
+    stem = f"{case.modality}_{case.name}"
+    paths = [save_panel(out_dir / f"panel_{stem}.png", panel, title=f"{title}: fused luma")]
+    if case.moving_rgb is not None:
+        colour = [(m.name, _colour_fused(case, m, outputs[m.name])) for m in active if m.name in outputs]
+        colour = [(name, image) for name, image in colour if image is not None]
+        if colour:
+            paths.append(save_panel(out_dir / f"colour_{stem}.png", [("fixed (MRI)", case.fixed), ("moving", moving), *colour],
+                                    title=f"{title}: fused in colour"))
+    paths.append(save_panel(out_dir / f"checkerboard_{stem}.png", boards, title=f"{title}: MRI vs aligned image"))
+    return paths
 
 
-def _panel_cases(datasets: Sequence[UnalignedCaseDataset], limit: int | None, panel_case: str | None) -> dict[str, str]:
-    """Modality -> the case shown in its panels: ``panel_case`` where evaluated, else the first."""
+def _panel_cases(datasets: Sequence[UnalignedCaseDataset], limit: int | None, panel_case: str | None,
+                 count: int) -> dict[str, list[str]]:
+    """Modality -> the cases shown in its panels: ``panel_case`` first where it was evaluated,
+    then the first evaluated cases, ``count`` in all."""
     chosen = {}
     for dataset in datasets:
         names = dataset.names[: limit or None]
-        chosen[dataset.modality] = panel_case if panel_case in names else names[0]
-    if panel_case is not None and panel_case not in chosen.values():
-        example = next(iter(chosen.values()))
+        first = [panel_case] if panel_case in names else []
+        chosen[dataset.modality] = (first + [n for n in names if n not in first])[:count]
+    if panel_case is not None and not any(panel_case in names for names in chosen.values()):
+        example = next(iter(chosen.values()))[0]
         raise InputError(f"panel case {panel_case!r}: no evaluated case of that name (e.g. {example!r})")
     return chosen
 
@@ -525,8 +555,8 @@ def _notes(methods: Sequence[BenchmarkMethod], skipped: Sequence[str], seed: int
     lines += [
         "",
         f"Seed {seed}; device {device}; `s/case` is the wall time per pair (one process, this machine). "
-        "Panels: `panel_<MOD>.png` (fused luma of each method) and `checkerboard_<MOD>.png` "
-        "(MRI vs each registration's aligned image), below.",
+        "Panels, below: `panel_<MOD>_<case>.png` (fused luma of each method), `colour_<MOD>_<case>.png` "
+        "(PET/SPECT fused in colour) and `checkerboard_<MOD>_<case>.png` (MRI vs each registration's aligned image).",
     ]
     if skipped:
         lines += ["", *skipped]
@@ -540,7 +570,8 @@ def _add_panels(report: Path, panels: Mapping[str, list[Path]]) -> None:
         section += [f"### {modality}", "", *(f"![{p.stem}]({p.name})" for p in paths), ""]
     head, marker, files = report.read_text(encoding="utf-8").partition("## Files")
     files = files.rstrip("\n") + (
-        "\n- `panel_<MOD>.png`, `checkerboard_<MOD>.png`: fused images and registrations of one case per modality"
+        "\n- `panel_<MOD>_<case>.png`, `colour_<MOD>_<case>.png`, `checkerboard_<MOD>_<case>.png`: fused images"
+        " (luma; PET/SPECT in colour) and registrations of the first cases of each modality"
         "\n- `settings.json`: methods, weights files, classical registration settings, seed, device\n"
     )
     with atomic_output(report) as tmp:
@@ -579,6 +610,7 @@ def run_benchmark(
     device: str = "auto",
     progress: bool = True,
     panel_case: str | None = None,
+    panel_count: int = 3,
     plots: bool = True,
     command: str | None = None,
     refine_steps: int | None = None,
@@ -612,7 +644,9 @@ def run_benchmark(
     progress:
         Show a progress bar over cases.
     panel_case:
-        Name of the case shown in the panels (default: each modality's first case).
+        Name of a case to show first in the panels (default: each modality's first case).
+    panel_count:
+        Cases shown in the panels of each modality (at least 1).
     plots:
         Write the box plots.
     command:
@@ -642,11 +676,13 @@ def run_benchmark(
         raise InputError(f"limit must be at least 1, got {limit}")
     if int(seed) < 0:
         raise InputError(f"seed must be non-negative, got {seed}")
+    if int(panel_count) < 1:
+        raise InputError(f"panel_count must be at least 1, got {panel_count}")
     if command is None:
         command = _python_command(
             cases_root, out_dir, methods=methods, modalities=modalities, weights_dir=weights_dir,
             ablations=dict(ablations or {}), published=published, limit=limit, seed=seed, device=device,
-            panel_case=panel_case, refine_steps=refine_steps,
+            panel_case=panel_case, panel_count=panel_count, refine_steps=refine_steps,
         )  # fmt: skip
     if modalities is not None:
         modalities = [str(m).upper() for m in modalities]
@@ -655,7 +691,7 @@ def run_benchmark(
     device_name = str(resolve_device(device))
     torch.manual_seed(int(seed))
     chosen, skipped = build_methods(datasets, methods, weights_dir, ablations, published, int(seed), device, refine_steps)
-    show = _panel_cases(datasets, limit, panel_case)
+    show = _panel_cases(datasets, limit, panel_case, int(panel_count))
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -667,8 +703,8 @@ def run_benchmark(
             bar.set_postfix_str(f"{case.modality} {case.name}")
             case_rows, outputs = _run_case(case, chosen)
             rows += case_rows
-            if show[case.modality] == case.name:
-                panels[case.modality] = _write_panels(case, chosen, outputs, out_dir)
+            if case.name in show[case.modality]:
+                panels.setdefault(case.modality, []).extend(_write_panels(case, chosen, outputs, out_dir))
             bar.update(1)
 
     settings = _settings(chosen, [d.modality for d in datasets], int(seed), device_name, published, cases_root, limit)

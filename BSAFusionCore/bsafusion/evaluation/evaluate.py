@@ -62,7 +62,7 @@ from bsafusion.evaluation.cases import UnalignedCaseDataset
 from bsafusion.layout import list_images
 from bsafusion.modality import MOVING
 from bsafusion.errors import InputError
-from bsafusion.io import atomic_output, read_luma
+from bsafusion.io import atomic_output, read_luma, read_slice
 from bsafusion.evaluation.metrics import FUSION_METRICS
 from bsafusion.evaluation.metrics.registration import endpoint_error, folding_fraction, mae, mutual_information, ncc, ssim
 
@@ -276,6 +276,14 @@ class OutputFolder:
                 f"({case.fixed.shape[1]}x{case.fixed.shape[0]})"
             )
         return luma
+
+    def colour(self, case: Case) -> np.ndarray | None:
+        """The case's fused file as ``(H, W, 3)`` RGB in [0, 1] if it is in colour, else ``None``."""
+        path = self.files(case.modality)[0].get(case.name)
+        if path is None:
+            return None
+        rgb = read_slice(path, grey=False)
+        return None if np.ptp(rgb, axis=-1).max() < 1e-6 else rgb
 
     def __call__(self, case: Case) -> MethodOutput:
         fused, aligned = self.files(case.modality)

@@ -28,7 +28,7 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from bsafusion import modality as modalities
-from bsafusion.colour import NEUTRAL_CHROMA, merge_luma, split_luma
+from bsafusion.colour import merge_luma, split_luma, warp_chroma
 from bsafusion.deform import invert, resize_field, resize_image, warp
 from bsafusion.errors import InputError
 from bsafusion.device import resolve_device
@@ -184,8 +184,7 @@ class Fuser:
             y_aligned = aligned_luma[i, 0].cpu().numpy()
             if chroma is not None:
                 chroma_t = resize_image(torch.from_numpy(np.moveaxis(chroma, -1, 0))[None].to(dev), shape)
-                # zero padding would mean "Cb = Cr = 0" (saturated green): pad with neutral chroma
-                chroma_al = (warp(chroma_t - NEUTRAL_CHROMA, field[i : i + 1]) + NEUTRAL_CHROMA)[0].cpu().numpy()
+                chroma_al = warp_chroma(chroma_t, field[i : i + 1])[0].cpu().numpy()
                 chroma_al = np.moveaxis(chroma_al, 0, -1)
                 fused, aligned = merge_luma(y_fused, chroma_al), merge_luma(y_aligned, chroma_al)
             else:

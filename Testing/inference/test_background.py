@@ -51,3 +51,15 @@ def test_fuser_output_is_exactly_flat_where_both_inputs_are_background(tiny_weig
     assert floor.mean() > 0.1
     assert result.fused_luma[~floor].min() > 0.1  # the network's own output elsewhere (untrained: ~0.5)
     np.testing.assert_array_equal(result.fused_luma[floor], 0.0)
+
+
+def test_the_rule_can_be_switched_off_for_studies(tiny_weights):
+    from bsafusion.inference.fuser import Fuser
+    from bsafusion.phantom import phantom_pair
+
+    pair = phantom_pair("CT", (64, 64), seed=0)
+    mri = np.clip(pair.mri - 0.02, 0, 1)
+    kept = Fuser("CT", tiny_weights["CT"]).fuse(mri, pair.other).fused_luma
+    raw = Fuser("CT", tiny_weights["CT"], keep_background=False).fuse(mri, pair.other).fused_luma
+    changed = kept != raw
+    assert changed.any() and (kept[changed] == 0).all()

@@ -107,8 +107,10 @@ class Fuser:
     True
 
     ``refine`` sets the per-pair refinement of the network's field (:mod:`bsafusion.inference.refine`):
-    ``None`` for the modality's default (on for CT, off for PET/SPECT), an int for a number of
-    steps (0 = off), or full :class:`~bsafusion.inference.refine.RefineSettings`.
+    ``None`` for the modality's default (:data:`bsafusion.modality` table), an int for a number
+    of steps (0 = off), or full :class:`~bsafusion.inference.refine.RefineSettings`.
+    ``keep_background=False`` gives the network's fused output untouched where both images are
+    background (:mod:`bsafusion.inference.background`), for studies of that rule.
     """
 
     def __init__(
@@ -117,8 +119,10 @@ class Fuser:
         weights: str | Path | None = None,
         device: str = "auto",
         refine: RefineSettings | int | None = None,
+        keep_background: bool = True,
     ) -> None:
         self.modality = modalities.moving(modality).name
+        self.keep_background = keep_background
         self.weights = Path(weights) if weights else checkpoint.default_weights_path(self.modality)
         self.device = resolve_device(device)
         self.model: BSFAF = checkpoint.load_model(self.weights, self.modality, self.device)
@@ -176,7 +180,8 @@ class Fuser:
         # border padding: the studio-range background of PET/SPECT luma is 16/255, not 0
         aligned_luma = warp(moving_full, field, padding="border")
         fused_luma = resize_image(self.model.fuse(registration, field_net), shape).clamp(0, 1)
-        fused_luma = keep_background(fused_luma, fixed_t, aligned_luma)
+        if self.keep_background:
+            fused_luma = keep_background(fused_luma, fixed_t, aligned_luma)
 
         results = []
         for i, chroma in enumerate(chroma_list):

@@ -386,6 +386,7 @@ def test_published_colour_files_are_read_in_colour(data, tmp_path):
     grey = io.read_slice(data / "published" / "PET" / "Fusion" / "0.png")
     rgb = np.stack([grey, 0.5 * grey, 0.2 * grey], axis=-1)
     io.write_image(rgb, folder / "PET" / "Fusion" / "0.png")
+    io.write_image(grey, folder / "PET" / "Fusion_GRAY" / "0.png")  # what the metrics read
     io.write_image(grey, folder / "CT" / "Fusion" / "0.png")
     outputs = OutputFolder(folder)
     case = Case("PET", "0", grey, grey)

@@ -278,8 +278,10 @@ class OutputFolder:
         return luma
 
     def colour(self, case: Case) -> np.ndarray | None:
-        """The case's fused file as ``(H, W, 3)`` RGB in [0, 1] if it is in colour, else ``None``."""
-        path = self.files(case.modality)[0].get(case.name)
+        """The case's fused image in colour, ``(H, W, 3)`` in [0, 1], from ``Fusion/`` (the
+        metrics read ``Fusion_GRAY/`` first); ``None`` without a colour file for the case."""
+        folder = self._base(case.modality) / "Fusion"
+        path = list_images(folder).get(case.name) if folder.is_dir() else None
         if path is None:
             return None
         rgb = read_slice(path, grey=False)

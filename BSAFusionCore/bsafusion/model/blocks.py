@@ -6,6 +6,16 @@
   it run at full image resolution) and a gated-Dconv feed-forward network (GDFN).
 * :class:`TransformerLayer` is a pre-norm ViT encoder layer (Dosovitskiy et al., ICLR 2021) on
   token sequences, used for the alignment features and the Transfer blocks.
+
+Each block has two implementations of the same arithmetic. The reference one (training, and
+anything outside ``torch.inference_mode``) is written as the papers describe the block; the
+inference one (:func:`inference_kernels`) is what a CPU runs fast: channels-last feature maps
+(1x1 and depth-wise convolutions, and the channel LayerNorm, then run as dense kernels instead
+of strided ones), transposed attention from one Gram matrix with the output projection folded
+into the attention map (one pass over the full-resolution map instead of four), and
+``scaled_dot_product_attention`` (a fused kernel that never stores the ``L x L`` map) for the
+token attention. Same parameters, same results up to float rounding
+(``Testing/model/test_fast_path.py`` pins the two against each other).
 """
 
 from __future__ import annotations
@@ -13,6 +23,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def inference_kernels() -> bool:
+    """Whether blocks take their inference implementation: under ``torch.inference_mode()``.
+
+    Inference mode (no autograd, which the inference kernels do not need to support) is what
+    every inference entry runs under; ``torch.no_grad()`` keeps the reference implementation,
+    which is how the equivalence test gets both from one model.
+    """
+    return torch.is_inference_mode_enabled()
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last layout under :func:`inference_kernels`, unchanged otherwise."""
+    return x.contiguous(memory_format=torch.channels_last) if inference_kernels() else x
 
 
 class ChannelLayerNorm(nn.Module):
@@ -24,6 +49,21 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _cosines(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``normalize(q) @ normalize(k)^T`` over the last axis, in float64, returned in ``q``'s dtype.
+
+    Each entry sums ``H * W`` products (65 536 at 256x256). In float32 the rounding of the
+    normalised rows and of the sum leaves about 4e-5 in each cosine, which the registration
+    layers amplify to 1e-3 px in the fields: two correct float32 orders of summation (the
+    reference and the inference layout) would disagree by that much, and both by that much
+    from the exact result. In float64 the attention is exact to float32 precision whatever the
+    layout; it costs one float64 copy of q and k and two ``C x C`` matrices per image.
+    """
+    dtype = q.dtype
+    q, k = F.normalize(q.double(), dim=-1), F.normalize(k.double(), dim=-1)
+    return (q @ k.transpose(-2, -1)).to(dtype)
 
 
 class MDTA(nn.Module):
@@ -40,12 +80,31 @@ class MDTA(nn.Module):
         self.project = nn.Conv2d(channels, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_kernels():
+            return self._infer(x)
         n, c, h, w = x.shape
         q, k, v = self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
         q, k, v = (t.reshape(n, self.heads, c // self.heads, h * w) for t in (q, k, v))
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
+        attn = (_cosines(q, k) * self.temperature).softmax(dim=-1)
         return self.project((attn @ v).reshape(n, c, h, w))
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The same attention on a channels-last map, with the projection folded in.
+
+        q, k and v are strided views of the channels-last ``qkv`` map (no chunk copies);
+        ``project(attn @ v)`` is ``v @ (W_project @ blockdiag(attn))^T``, one ``C x C`` matrix
+        per image applied in one pass over the full-resolution map instead of two.
+        """
+        n, c, h, w = x.shape
+        heads, d = self.heads, c // self.heads
+        qkv = self.qkv_dw(self.qkv(channels_last(x))).permute(0, 2, 3, 1).reshape(n, h * w, 3, heads, d)
+        q = qkv[:, :, 0].permute(0, 2, 3, 1)  # (n, heads, d, hw), strided views
+        k = qkv[:, :, 1].permute(0, 2, 3, 1)
+        attn = (_cosines(q, k) * self.temperature).softmax(dim=-1)
+        weight = self.project.weight.reshape(c, heads, d)
+        mixed = torch.einsum("ohi,nhij->nohj", weight, attn).reshape(n, c, c)  # (n, c_out, c_in)
+        out = torch.bmm(qkv[:, :, 2].reshape(n, h * w, c), mixed.transpose(1, 2))
+        return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
 class GDFN(nn.Module):
@@ -74,6 +133,7 @@ class RestormerBlock(nn.Module):
         self.ffn = GDFN(channels, expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = channels_last(x)
         x = x + self.attn(self.norm1(x))
         return x + self.ffn(self.norm2(x))
 
@@ -90,8 +150,21 @@ class TransformerLayer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.norm1(tokens)
-        tokens = tokens + self.attn(h, h, h, need_weights=False)[0]
+        tokens = tokens + (self._infer_attention(h) if inference_kernels() else self.attn(h, h, h, need_weights=False)[0])
         return tokens + self.mlp(self.norm2(tokens))
+
+    def _infer_attention(self, h: torch.Tensor) -> torch.Tensor:
+        """``self.attn(h, h, h)`` with its own weights through ``scaled_dot_product_attention``.
+
+        nn.MultiheadAttention's CPU path stores the ``heads x L x L`` score map (1025 tokens:
+        4 M floats per image) and reads it twice; the fused kernel works in tiles.
+        """
+        n, length, dim = h.shape
+        heads = self.attn.num_heads
+        qkv = F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias)
+        q, k, v = qkv.reshape(n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, dim)
+        return self.attn.out_proj(out)
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

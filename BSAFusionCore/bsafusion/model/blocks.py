@@ -52,18 +52,21 @@ class ChannelLayerNorm(nn.Module):
 
 
 def _cosines(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``normalize(q) @ normalize(k)^T`` over the last axis, in float64, returned in ``q``'s dtype.
+    """``normalize(q) @ normalize(k)^T`` over the last axis, accumulated in float64.
 
-    Each entry sums ``H * W`` products (65 536 at 256x256). In float32 the rounding of the
-    normalised rows and of the sum leaves about 4e-5 in each cosine, which the registration
-    layers amplify to 1e-3 px in the fields: two correct float32 orders of summation (the
-    reference and the inference layout) would disagree by that much, and both by that much
-    from the exact result. In float64 the attention is exact to float32 precision whatever the
-    layout; it costs one float64 copy of q and k and two ``C x C`` matrices per image.
+    Computed as the Gram matrix divided by the row norms (no normalised copies of q and k).
+    Each entry sums ``H * W`` products (65 536 at 256x256); in float32 the sum keeps about
+    4e-5 of rounding, which the registration layers amplify to 1e-3 px in the fields, so two
+    correct float32 orders of summation (the reference and the channels-last layout) disagree
+    by that much, and both by that much from the exact result. In float64 the attention is
+    exact to float32 precision in either layout; it costs a float64 copy of q and k.
     """
     dtype = q.dtype
-    q, k = F.normalize(q.double(), dim=-1), F.normalize(k.double(), dim=-1)
-    return (q @ k.transpose(-2, -1)).to(dtype)
+    q, k = q.double(), k.double()
+    gram = q @ k.transpose(-2, -1)
+    q_norm = torch.linalg.vector_norm(q, dim=-1).clamp(min=1e-12)
+    k_norm = torch.linalg.vector_norm(k, dim=-1).clamp(min=1e-12)
+    return (gram / (q_norm[..., :, None] * k_norm[..., None, :])).to(dtype)
 
 
 class MDTA(nn.Module):

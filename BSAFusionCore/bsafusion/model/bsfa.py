@@ -61,8 +61,8 @@ def local_correlation(own: torch.Tensor, other: torch.Tensor, radius: int) -> to
     networks (PWC-Net, Sun et al., CVPR 2018): it hands the registration layer explicit
     evidence of where each feature moved, instead of leaving it to discover the comparison.
     """
-    a = F.normalize(own, dim=1)
-    b = F.pad(F.normalize(other, dim=1), (radius,) * 4)
+    a = _unit_channels(own)
+    b = F.pad(_unit_channels(other), (radius,) * 4)
     h, w = own.shape[2:]
     size = 2 * radius + 1
     return torch.cat(
@@ -85,7 +85,27 @@ def block_matching(own: torch.Tensor, other: torch.Tensor, radius: int, window: 
         [((own - padded[:, :, dy : dy + h, dx : dx + w]) ** 2).mean(dim=1, keepdim=True) for dy in range(size) for dx in range(size)],
         dim=1,
     )
-    return -F.avg_pool2d(ssd, window, stride=1, padding=window // 2, count_include_pad=False)
+    return -_box_mean(ssd, window)
+
+
+def _unit_channels(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x, dim=1)``: the norm as a sum of squares (linalg's strided channel reduction is 20x slower)."""
+    return x / x.square().sum(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
+
+
+def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over ``window x window`` blocks inside the image, each channel on its own.
+
+    ``F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)``, as a
+    zero-padded box convolution divided by the number of pixels inside: same sums, and the
+    depth-wise convolution is about 7x faster than CPU average pooling at stride 1.
+    """
+    pad = window // 2
+    c = x.shape[1]
+    box = x.new_ones(c, 1, window, window)
+    sums = F.conv2d(F.pad(x, (pad,) * 4), box, groups=c)
+    count = F.conv2d(F.pad(torch.ones_like(x[:1, :1]), (pad,) * 4), box[:1])
+    return sums / count
 
 
 def expected_shift(cost: torch.Tensor, radius: int, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,22 +51,54 @@ class ChannelLayerNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def _cosines(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``normalize(q) @ normalize(k)^T`` over the last axis, accumulated in float64.
+def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1 convolution; under :func:`inference_kernels`, one matrix product.
 
-    Computed as the Gram matrix divided by the row norms (no normalised copies of q and k).
-    Each entry sums ``H * W`` products (65 536 at 256x256); in float32 the sum keeps about
-    4e-5 of rounding, which the registration layers amplify to 1e-3 px in the fields, so two
-    correct float32 orders of summation (the reference and the channels-last layout) disagree
-    by that much, and both by that much from the exact result. In float64 the attention is
-    exact to float32 precision in either layout; it costs a float64 copy of q and k.
+    On a channels-last map a 1x1 convolution is ``(pixels x C_in) @ W^T``: a dense GEMM,
+    about twice as fast on the CPU as the convolution kernel PyTorch picks for it.
     """
-    dtype = q.dtype
-    q, k = q.double(), k.double()
-    gram = q @ k.transpose(-2, -1)
-    q_norm = torch.linalg.vector_norm(q, dim=-1).clamp(min=1e-12)
-    k_norm = torch.linalg.vector_norm(k, dim=-1).clamp(min=1e-12)
-    return (gram / (q_norm[..., :, None] * k_norm[..., None, :])).to(dtype)
+    if not inference_kernels():
+        return conv(x)
+    out = F.linear(channels_last(x).permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+    return out.permute(0, 3, 1, 2)
+
+
+def _cosines_exact(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``normalize(q) @ normalize(k)^T`` over the last (pixel) axis, computed in float64.
+
+    Each entry sums ``H * W`` products (65 536 at 256x256); a float32 sum keeps about 4e-5 of
+    rounding there, which the registration layers amplify to 1e-3 px in the fields, so two
+    float32 orders of summation (two memory layouts) would disagree by that much. Exact
+    cosines make the attention independent of the layout to float32 precision.
+    """
+    q, k = F.normalize(q.double(), dim=-1), F.normalize(k.double(), dim=-1)
+    return q @ k.transpose(-2, -1)
+
+
+def _pixel_block(h: int, w: int, target: int = 2048) -> int:
+    """Pixels per partial sum: whole rows, as many as divide ``h`` and fit in ``target``."""
+    rows = max(r for r in range(1, h + 1) if h % r == 0 and r * w <= max(target, w))
+    return rows * w
+
+
+def _cosines_channels_last(qk: torch.Tensor, heads: int) -> torch.Tensor:
+    """:func:`_cosines_exact` from the q and k channels of a channels-last map, without copies.
+
+    ``qk`` is ``(N, H*W, 2C)`` (a strided view of the ``qkv`` map: q channels, then k). Its
+    Gram matrix over blocks of about 2 000 pixels (float32 matrix products on the view), summed
+    over the blocks in float64, gives q.k, |q|^2 and |k|^2 as accurately as the float64 path.
+    """
+    n, hw, c2 = qk.shape
+    c = c2 // 2
+    d = c // heads
+    side = int(round(hw**0.5))
+    block = _pixel_block(hw // side, side) if side * side == hw else hw
+    parts = qk.reshape(n * (hw // block), block, c2)
+    gram = (parts.transpose(1, 2) @ parts).reshape(n, hw // block, c2, c2).double().sum(dim=1)
+    norms = gram.diagonal(dim1=1, dim2=2).sqrt().clamp(min=1e-12)
+    cos = gram[:, :c, c:] / (norms[:, :c, None] * norms[:, None, c:])
+    blocks = cos.reshape(n, heads, d, heads, d)
+    return torch.stack([blocks[:, h, :, h] for h in range(heads)], dim=1)
 
 
 class MDTA(nn.Module):
@@ -88,7 +120,7 @@ class MDTA(nn.Module):
         n, c, h, w = x.shape
         q, k, v = self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
         q, k, v = (t.reshape(n, self.heads, c // self.heads, h * w) for t in (q, k, v))
-        attn = (_cosines(q, k) * self.temperature).softmax(dim=-1)
+        attn = (_cosines_exact(q, k).to(x.dtype) * self.temperature).softmax(dim=-1)
         return self.project((attn @ v).reshape(n, c, h, w))
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,13 +132,11 @@ class MDTA(nn.Module):
         """
         n, c, h, w = x.shape
         heads, d = self.heads, c // self.heads
-        qkv = self.qkv_dw(self.qkv(channels_last(x))).permute(0, 2, 3, 1).reshape(n, h * w, 3, heads, d)
-        q = qkv[:, :, 0].permute(0, 2, 3, 1)  # (n, heads, d, hw), strided views
-        k = qkv[:, :, 1].permute(0, 2, 3, 1)
-        attn = (_cosines(q, k) * self.temperature).softmax(dim=-1)
+        qkv = self.qkv_dw(pointwise(self.qkv, x)).permute(0, 2, 3, 1).reshape(n, h * w, 3 * c)
+        attn = (_cosines_channels_last(qkv[:, :, : 2 * c], heads).to(x.dtype) * self.temperature).softmax(dim=-1)
         weight = self.project.weight.reshape(c, heads, d)
         mixed = torch.einsum("ohi,nhij->nohj", weight, attn).reshape(n, c, c)  # (n, c_out, c_in)
-        out = torch.bmm(qkv[:, :, 2].reshape(n, h * w, c), mixed.transpose(1, 2))
+        out = torch.bmm(qkv[:, :, 2 * c :], mixed.transpose(1, 2))
         return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
@@ -121,8 +151,8 @@ class GDFN(nn.Module):
         self.project_out = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.dw(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(x1) * x2)
+        x1, x2 = self.dw(pointwise(self.project_in, x)).chunk(2, dim=1)
+        return pointwise(self.project_out, F.gelu(x1) * x2)
 
 
 class RestormerBlock(nn.Module):

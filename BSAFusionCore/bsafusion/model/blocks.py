@@ -20,6 +20,8 @@ token attention. Same parameters, same results up to float rounding
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,32 +77,6 @@ def _cosines_exact(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return q @ k.transpose(-2, -1)
 
 
-def _pixel_block(h: int, w: int, target: int = 2048) -> int:
-    """Pixels per partial sum: whole rows, as many as divide ``h`` and fit in ``target``."""
-    rows = max(r for r in range(1, h + 1) if h % r == 0 and r * w <= max(target, w))
-    return rows * w
-
-
-def _cosines_channels_last(qk: torch.Tensor, heads: int) -> torch.Tensor:
-    """:func:`_cosines_exact` from the q and k channels of a channels-last map, without copies.
-
-    ``qk`` is ``(N, H*W, 2C)`` (a strided view of the ``qkv`` map: q channels, then k). Its
-    Gram matrix over blocks of about 2 000 pixels (float32 matrix products on the view), summed
-    over the blocks in float64, gives q.k, |q|^2 and |k|^2 as accurately as the float64 path.
-    """
-    n, hw, c2 = qk.shape
-    c = c2 // 2
-    d = c // heads
-    side = int(round(hw**0.5))
-    block = _pixel_block(hw // side, side) if side * side == hw else hw
-    parts = qk.reshape(n * (hw // block), block, c2)
-    gram = (parts.transpose(1, 2) @ parts).reshape(n, hw // block, c2, c2).double().sum(dim=1)
-    norms = gram.diagonal(dim1=1, dim2=2).sqrt().clamp(min=1e-12)
-    cos = gram[:, :c, c:] / (norms[:, :c, None] * norms[:, None, c:])
-    blocks = cos.reshape(n, heads, d, heads, d)
-    return torch.stack([blocks[:, h, :, h] for h in range(heads)], dim=1)
-
-
 class MDTA(nn.Module):
     """Multi-Dconv head transposed attention: a ``C x C`` attention map per head."""
 
@@ -115,29 +91,27 @@ class MDTA(nn.Module):
         self.project = nn.Conv2d(channels, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if inference_kernels():
-            return self._infer(x)
         n, c, h, w = x.shape
         q, k, v = self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
         q, k, v = (t.reshape(n, self.heads, c // self.heads, h * w) for t in (q, k, v))
         attn = (_cosines_exact(q, k).to(x.dtype) * self.temperature).softmax(dim=-1)
         return self.project((attn @ v).reshape(n, c, h, w))
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """The same attention on a channels-last map, with the projection folded in.
+    def attention(self, gram: torch.Tensor) -> torch.Tensor:
+        """The attention as one ``C x C`` matrix per image, projection included, from a Gram matrix.
 
-        q, k and v are strided views of the channels-last ``qkv`` map (no chunk copies);
-        ``project(attn @ v)`` is ``v @ (W_project @ blockdiag(attn))^T``, one ``C x C`` matrix
-        per image applied in one pass over the full-resolution map instead of two.
+        ``gram`` is the float64 ``(N, 2C, 2C)`` Gram matrix of the q and k channels over all
+        pixels; cosines are its q-k blocks over the row norms (F.normalize's ``eps`` kept).
+        ``project(attn @ v)`` is then ``v @ M^T`` with ``M = W_project @ blockdiag(attn)``.
         """
-        n, c, h, w = x.shape
+        n, c2, _ = gram.shape
+        c = c2 // 2
         heads, d = self.heads, c // self.heads
-        qkv = self.qkv_dw(pointwise(self.qkv, x)).permute(0, 2, 3, 1).reshape(n, h * w, 3 * c)
-        attn = (_cosines_channels_last(qkv[:, :, : 2 * c], heads).to(x.dtype) * self.temperature).softmax(dim=-1)
-        weight = self.project.weight.reshape(c, heads, d)
-        mixed = torch.einsum("ohi,nhij->nohj", weight, attn).reshape(n, c, c)  # (n, c_out, c_in)
-        out = torch.bmm(qkv[:, :, 2 * c :], mixed.transpose(1, 2))
-        return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        norms = gram.diagonal(dim1=1, dim2=2).sqrt().clamp(min=1e-12)
+        cos = (gram[:, :c, c:] / (norms[:, :c, None] * norms[:, None, c:])).reshape(n, heads, d, heads, d)
+        cos = torch.stack([cos[:, h, :, h] for h in range(heads)], dim=1).to(self.project.weight.dtype)
+        attn = (cos * self.temperature).softmax(dim=-1)
+        return torch.einsum("ohi,nhij->nohj", self.project.weight.reshape(c, heads, d), attn).reshape(n, c, c)
 
 
 class GDFN(nn.Module):
@@ -151,8 +125,8 @@ class GDFN(nn.Module):
         self.project_out = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.dw(pointwise(self.project_in, x)).chunk(2, dim=1)
-        return pointwise(self.project_out, F.gelu(x1) * x2)
+        x1, x2 = self.dw(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(x1) * x2)
 
 
 class RestormerBlock(nn.Module):
@@ -166,9 +140,68 @@ class RestormerBlock(nn.Module):
         self.ffn = GDFN(channels, expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = channels_last(x)
+        if inference_kernels():
+            return self._infer(x)
         x = x + self.attn(self.norm1(x))
         return x + self.ffn(self.norm2(x))
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The block in two passes over bands of rows, so the wide maps never leave the cache.
+
+        At 256x256 the 3C-channel qkv map and the 4C-channel GDFN map are 12-17 MB per image;
+        written out whole and read back, memory traffic was most of the encoder's time. Every
+        step but the attention is per pixel or 3x3, so a band of rows (plus one halo row each
+        side) is computed independently. Pass 1: LayerNorm, qkv and its depth-wise conv per
+        band, the q/k Gram matrix accumulated (float32 per band, float64 across bands: exact
+        to float32 precision like :func:`_cosines_exact`), v kept; then ``x + v @ M^T`` in one
+        product (:meth:`MDTA.attention`). Pass 2: LayerNorm, GDFN and the residual per band.
+        On a GPU the band is the whole image (one launch per step).
+        """
+        x = channels_last(x)
+        n, c, h, w = x.shape
+        rows = _band_rows(x)
+        attn, ffn = self.attn, self.ffn
+        v = x.new_empty(n, h, w, c)
+        gram = x.new_zeros(n, 2 * c, 2 * c, dtype=torch.float64)
+        for r0, r1, qkv in _bands(x, rows, self.norm1, attn.qkv, attn.qkv_dw):
+            qkv = qkv.permute(0, 2, 3, 1)  # (n, rows, w, 3c)
+            qk = qkv[..., : 2 * c].reshape(n, -1, 2 * c)
+            gram += (qk.transpose(1, 2) @ qk).double()
+            v[:, r0:r1] = qkv[..., 2 * c :]
+        x = torch.baddbmm(x.permute(0, 2, 3, 1).reshape(n, h * w, c), v.view(n, h * w, c), attn.attention(gram).transpose(1, 2))
+        x = x.view(n, h, w, c).permute(0, 3, 1, 2)
+        out = torch.empty_like(x)
+        for r0, r1, hidden in _bands(x, rows, self.norm2, ffn.project_in, ffn.dw):
+            x1, x2 = hidden.chunk(2, dim=1)
+            out[:, :, r0:r1] = x[:, :, r0:r1] + pointwise(ffn.project_out, F.gelu(x1) * x2)
+        return out
+
+
+#: Pixels per band of :meth:`RestormerBlock._infer` on the CPU (all images of the batch):
+#: the band's widest map (4C = 64 channels) stays within about 1 MB, a core's L2 cache.
+BAND_PIXELS = 4096
+
+
+def _band_rows(x: torch.Tensor) -> int:
+    n, _, h, w = x.shape
+    return h if x.device.type != "cpu" else max(1, min(h, BAND_PIXELS // max(1, n * w)))
+
+
+def _bands(x: torch.Tensor, rows: int, norm: nn.Module, conv1x1: nn.Conv2d,
+           depthwise: nn.Conv2d) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``depthwise(conv1x1(norm(x)))`` band by band: yields ``(r0, r1, rows r0..r1 of it)``.
+
+    Each band is computed from its rows plus one halo row each side; at the image's top and
+    bottom the halo is the depth-wise convolution's zero padding (columns keep theirs).
+    """
+    h = x.shape[2]
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        lo, hi = max(r0 - 1, 0), min(r1 + 1, h)
+        hidden = pointwise(conv1x1, norm(x[:, :, lo:hi]))
+        if lo == r0 or hi == r1:
+            hidden = channels_last(F.pad(hidden, (0, 0, 1 if lo == r0 else 0, 1 if hi == r1 else 0)))
+        yield r0, r1, F.conv2d(hidden, depthwise.weight, depthwise.bias, padding=(0, 1), groups=depthwise.groups)
 
 
 class TransformerLayer(nn.Module):
@@ -200,6 +233,17 @@ class TransformerLayer(nn.Module):
         return self.attn.out_proj(out)
 
 
+class ConvBlock(nn.Sequential):
+    """3x3 conv + LeakyReLU; under :func:`inference_kernels` on a channels-last map.
+
+    oneDNN's native layout is channels-last: given NCHW it reorders input and output around
+    every convolution.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(channels_last(x))
+
+
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 conv + LeakyReLU, the plain workhorse of the decoders."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2))
+    return ConvBlock(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2))

@@ -53,6 +53,16 @@ class ChannelLayerNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors, dim=1)``; under :func:`inference_kernels`, channels-last.
+
+    oneDNN convolutions run channels-last natively (NCHW costs a reorder around each call),
+    and a concatenation of mixed layouts comes out NCHW: converting the parts costs less than
+    converting the result, as the parts that are channels-last already are not copied twice.
+    """
+    return torch.cat([channels_last(t) for t in tensors], dim=1)
+
+
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for a 1x1 convolution; under :func:`inference_kernels`, one matrix product.
 
@@ -233,17 +243,6 @@ class TransformerLayer(nn.Module):
         return self.attn.out_proj(out)
 
 
-class ConvBlock(nn.Sequential):
-    """3x3 conv + LeakyReLU; under :func:`inference_kernels` on a channels-last map.
-
-    oneDNN's native layout is channels-last: given NCHW it reorders input and output around
-    every convolution.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(channels_last(x))
-
-
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 conv + LeakyReLU, the plain workhorse of the decoders."""
-    return ConvBlock(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2))
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2))

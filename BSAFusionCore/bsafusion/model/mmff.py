@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bsafusion.deform import warp
-from bsafusion.model.blocks import RestormerBlock, conv_block
+from bsafusion.model.blocks import RestormerBlock, cat_channels, conv_block, pointwise
 from bsafusion.model.config import ModelConfig
 
 
@@ -26,7 +26,7 @@ class FusionBlock(nn.Module):
         self.block = RestormerBlock(channels, heads)
 
     def forward(self, deep_a: torch.Tensor, deep_b_aligned: torch.Tensor) -> torch.Tensor:
-        return self.block(self.project(torch.cat([deep_a, deep_b_aligned], dim=1)))
+        return self.block(pointwise(self.project, cat_channels([deep_a, deep_b_aligned])))
 
 
 class Reconstruction(nn.Module):
@@ -38,7 +38,7 @@ class Reconstruction(nn.Module):
         self.out = nn.Conv2d(channels, 1, 3, padding=1)
 
     def forward(self, fused: torch.Tensor, shallow_a: torch.Tensor, shallow_b_aligned: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.out(self.body(torch.cat([fused, shallow_a, shallow_b_aligned], dim=1))))
+        return torch.sigmoid(self.out(self.body(cat_channels([fused, shallow_a, shallow_b_aligned]))))
 
 
 class MMFF(nn.Module):

@@ -71,6 +71,26 @@ def local_correlation(own: torch.Tensor, other: torch.Tensor, radius: int) -> to
     )
 
 
+def reverse_correlation(cost: torch.Tensor, radius: int) -> torch.Tensor:
+    """``local_correlation(other, own, radius)`` from ``cost = local_correlation(own, other, radius)``.
+
+    ``other(p) . own(p + s)`` is ``own(q) . other(q - s)`` at ``q = p + s``: channel ``-s`` of
+    ``cost`` moved by ``s``, zero where ``p + s`` falls outside (the zero padding of
+    :func:`local_correlation`). The same products in the same order, so the same numbers,
+    for one copy instead of ``(2 * radius + 1) ** 2`` channel-wide products: the FRL and the RRL
+    of a level see the same pair from the two sides.
+    """
+    h, w = cost.shape[2:]
+    size = 2 * radius + 1
+    padded = F.pad(cost.flip(1), (radius,) * 4)
+    out = torch.empty_like(cost)
+    for dy in range(size):
+        for dx in range(size):
+            k = dy * size + dx  # shift s = (dy - radius, dx - radius)
+            out[:, k] = padded[:, k, dy : dy + h, dx : dx + w]  # channel -s, read at p + s
+    return out
+
+
 def block_matching(own: torch.Tensor, other: torch.Tensor, radius: int, window: int = 3) -> torch.Tensor:
     """Cost volume of ``-SSD(own(p), other(p + s))`` averaged over ``window x window`` blocks.
 
@@ -172,18 +192,33 @@ class RegistrationLayer(nn.Module):
         nn.init.normal_(self.out.weight, std=1e-5)
         nn.init.zeros_(self.out.bias)
 
+    def correlations(
+        self, own: torch.Tensor, other: torch.Tensor, own_mind: torch.Tensor | None, other_mind: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The cost volumes this layer reads: of the features (``radius > 0``) and of MIND (``mind``)."""
+        feature_cost = local_correlation(own, other, self.radius) if self.radius > 0 else None
+        mind_cost = local_correlation(own_mind, other_mind, max(self.radius, 1)) if self.mind else None
+        return feature_cost, mind_cost
+
     def forward(
         self,
         own: torch.Tensor,
         other: torch.Tensor,
         own_mind: torch.Tensor | None = None,
         other_mind: torch.Tensor | None = None,
+        costs: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
+        """Velocity for ``own``; ``costs`` are this layer's cost volumes when already computed.
+
+        ``costs`` is ``(features, MIND)``: :meth:`correlations` of the same inputs (the BSFA
+        derives the RRL's from the FRL's with :func:`reverse_correlation`).
+        """
+        feature_cost, mind_cost = costs if costs is not None else self.correlations(own, other, own_mind, other_mind)
         inputs = [own, other]
-        if self.radius > 0:
-            inputs.append(local_correlation(own, other, self.radius))
+        if feature_cost is not None:
+            inputs.append(feature_cost)
         if self.mind:
-            inputs += [own_mind, other_mind, local_correlation(own_mind, other_mind, max(self.radius, 1))]
+            inputs += [own_mind, other_mind, mind_cost]
         if self.matching is None:
             return self.out(self.body(torch.cat(inputs, dim=1)))
         evidence, prior = self.matching(own_mind, other_mind)
@@ -250,10 +285,15 @@ class BSFA(nn.Module):
                 ma = warp(mind_descriptor(F.adaptive_avg_pool2d(image_a, size)), u_a, padding="border")
                 mb = warp(mind_descriptor(F.adaptive_avg_pool2d(image_b, size)), u_b, padding="border")
             new = {}
+            costs_a = costs_b = None
+            if self.frl is not None and self.rrl is not None:
+                costs_a = self.frl[step].correlations(wa, wb, ma, mb)
+                radii = (self.cfg.correlation_radius, max(self.cfg.correlation_radius, 1))
+                costs_b = tuple(None if c is None else reverse_correlation(c, r) for c, r in zip(costs_a, radii))
             if self.frl is not None:
-                new["a"] = self.frl[step](wa, wb, ma, mb)
+                new["a"] = self.frl[step](wa, wb, ma, mb, costs_a)
             if self.rrl is not None:
-                new["b"] = self.rrl[step](wb, wa, mb, ma)
+                new["b"] = self.rrl[step](wb, wa, mb, ma, costs_b)
             steps = self.cfg.integration_steps
             if "a" in new:
                 u_a = compose(u_a, integrate_velocity(new["a"], steps))

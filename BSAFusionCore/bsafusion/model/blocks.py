@@ -38,8 +38,16 @@ def inference_kernels() -> bool:
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in channels-last layout under :func:`inference_kernels`, unchanged otherwise."""
-    return x.contiguous(memory_format=torch.channels_last) if inference_kernels() else x
+    """``x`` in channels-last layout under :func:`inference_kernels`, unchanged otherwise.
+
+    A one-channel map is both layouts at once and ``contiguous`` leaves its NCHW strides, from
+    which a convolution writes NCHW; its channels-last strides are set explicitly.
+    """
+    if not inference_kernels():
+        return x
+    if x.shape[1] == 1 and x.stride(1) != 1:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -193,8 +201,9 @@ BAND_PIXELS = 4096
 
 
 def _band_rows(x: torch.Tensor) -> int:
+    """Rows per band: :data:`BAND_PIXELS` over the batch, at least 8 (each band recomputes 2 halo rows)."""
     n, _, h, w = x.shape
-    return h if x.device.type != "cpu" else max(1, min(h, BAND_PIXELS // max(1, n * w)))
+    return h if x.device.type != "cpu" else min(h, max(8, BAND_PIXELS // max(1, n * w)))
 
 
 def _bands(x: torch.Tensor, rows: int, norm: nn.Module, conv1x1: nn.Conv2d,

@@ -20,9 +20,17 @@ development machine and of CI):
   model is trained at ``img_size``) and ``Fuser.fuse`` on inputs of those sizes (it resamples to
   ``img_size``, so only the resampling and full-size warping grow); the forward pass for batches
   of 1, 2, 4, 8 pairs;
-* **per-block forward time** of the network (encoder, MDF-FR, feature pyramid, BSFA, MMFF;
-  "other" is the rest: field resizing, final warp, classifier heads), taken with forward
-  hooks on the model's sub-modules (the model code is not touched).
+* **ours against the published architecture**: ``BSFAF.infer`` of the shipped model against a
+  re-implementation of the published BSAFusion network's forward (``published_arch.py``, random
+  weights, 10.0 M parameters), ``--runs`` alternating runs of the median of ``--repeats`` each,
+  in one process, so both see the same machine state;
+* **per-block profile** of one 256² pair under ``torch.inference_mode`` (the inference kernels):
+  encoder, MDF-FR, feature pyramid, modality translator, each BSFA level's registration layers
+  (FRL + RRL), the rest of BSFA (half-warps, MIND, cost volumes, integration, compositions), MMFF,
+  "other", then the per-pair refinement (off by default) and the file I/O of ``fuse_files``;
+  taken with forward hooks (the model code is not touched). On the CPU with ``--threads``; on a
+  CUDA device, when there is one, for batches of 1 and 16 pairs (hooks synchronise the GPU).
+  ``--profile-only`` prints just these two sections (about a minute).
 
 Times are the median (and minimum) of ``--repeats`` runs after one warm-up run. The inputs are
 phantom pairs (:mod:`bsafusion.phantom`) misaligned with :func:`bsafusion.deform.random_misalignment`,
@@ -33,6 +41,7 @@ architecture and cost); the output says which.
 Usage (from the repository root)::
 
     python Testing/benchmarks/speed.py [--weights FILE] [--repeats 5] [--output table.md]
+    python Testing/benchmarks/speed.py --profile-only --threads 2 --runs 6 --repeats 7
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import phantom_pair
 
 #: Network blocks timed with forward hooks, in the order they run: sub-module path -> label.
-#: BSFA levels are its registration layers (FRL + RRL) per level; "BSFA integration and warps" is
+#: BSFA levels are its registration layers (FRL + RRL) per level; "BSFA warps, MIND, cost volumes, integration" is
 #: the rest of BSFA (scaling and squaring, compositions, half-warps, MIND).
 BLOCKS = {"encoder": "Encoder (Restormer + Transformer)", "mdffr": "MDF-FR (MFRH exchange, Transfer)",
           "pyramid": "Feature pyramid", "translator": "Modality translator (B_hat)"}
@@ -201,7 +210,7 @@ def block_times(model: BSFAF, fixed: torch.Tensor, moving: torch.Tensor, repeats
     out = {label: t / repeats for label, t in spent.items()}
     bsfa = out.pop("BSFA (all)")
     mmff = out.pop("MMFF (fusion, reconstruction)")
-    out["BSFA integration and warps"] = max(0.0, bsfa - sum(v for k, v in out.items() if k.startswith("BSFA level")))
+    out["BSFA warps, MIND, cost volumes, integration"] = max(0.0, bsfa - sum(v for k, v in out.items() if k.startswith("BSFA level")))
     out["MMFF (fusion, reconstruction)"] = mmff
     out["Other (field resize, checks)"] = max(0.0, total - sum(out.values()))
     return out, total

@@ -47,6 +47,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -263,8 +264,10 @@ def block_table(model: BSFAF, device: torch.device, batch: int, repeats: int, io
 
 def compare_published(model: BSFAF, threads: int, runs: int, repeats: int) -> list[str]:
     """Ours (``model.infer``) against the published architecture, alternating, median of ``repeats`` each run."""
-    from published_arch import PublishedBSAFusion
-
+    spec = importlib.util.spec_from_file_location("published_arch", Path(__file__).with_name("published_arch.py"))
+    published_arch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(published_arch)
+    PublishedBSAFusion = published_arch.PublishedBSAFusion
     torch.manual_seed(0)
     published = PublishedBSAFusion().eval()
     fixed, moving = network_inputs(model, PAIR_SIZE)

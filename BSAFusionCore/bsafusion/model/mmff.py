@@ -57,6 +57,7 @@ class MMFF(nn.Module):
         shallow_b: torch.Tensor,
         field_ba: torch.Tensor,
     ) -> torch.Tensor:
-        deep_b_aligned = warp(deep_b, field_ba)
-        shallow_b_aligned = warp(shallow_b, field_ba)
+        # one warp of both maps: one sampling grid, and grid_sample treats channels independently
+        deep_b_aligned, shallow_b_aligned = warp(torch.cat([deep_b, shallow_b], dim=1), field_ba).split(
+            [deep_b.shape[1], shallow_b.shape[1]], dim=1)
         return self.reconstruction(self.fusion(deep_a, deep_b_aligned), shallow_a, shallow_b_aligned)

@@ -259,12 +259,18 @@ class BSFA(nn.Module):
         self.rrl = layers() if cfg.rrl or not cfg.bsfa else None
 
     def forward(
-        self, pyr_a: list[torch.Tensor], pyr_b: list[torch.Tensor], image_a: torch.Tensor, image_b: torch.Tensor
+        self,
+        pyr_a: list[torch.Tensor],
+        pyr_b: list[torch.Tensor],
+        image_a: torch.Tensor,
+        image_b: torch.Tensor,
+        with_middle: bool = True,
     ) -> AlignmentResult:
         """Stepwise fields; ``image_a`` / ``image_b`` give the MIND evidence of each side.
 
         ``image_a`` is A itself, or ``B_hat`` (A translated into B's modality) when the network
         has a translator: it is on A's grid either way, and the half-warps treat it as A.
+        ``with_middle=False`` (inference) leaves ``middle`` empty: only the consistency loss reads it.
         """
         n_levels = len(pyr_a)
         levels = range(n_levels) if self.cfg.bsfa else [n_levels - 1]
@@ -304,7 +310,8 @@ class BSFA(nn.Module):
             for v in new.values():
                 velocities.append(v)
                 velocity_levels.append(level)
-            middle.append((warp(fa, u_a, padding="border"), warp(fb, u_b, padding="border")))
+            if with_middle:
+                middle.append((warp(fa, u_a, padding="border"), warp(fb, u_b, padding="border")))
         return AlignmentResult(
             field_ba=compose(u_b, inv_a),
             field_ab=compose(u_a, inv_b),

@@ -9,13 +9,12 @@
 
 Each block has two implementations of the same arithmetic. The reference one (training, and
 anything outside ``torch.inference_mode``) is written as the papers describe the block; the
-inference one (:func:`inference_kernels`) is what a CPU runs fast: channels-last feature maps
-(1x1 and depth-wise convolutions, and the channel LayerNorm, then run as dense kernels instead
-of strided ones), transposed attention from one Gram matrix with the output projection folded
-into the attention map (one pass over the full-resolution map instead of four), and
-``scaled_dot_product_attention`` (a fused kernel that never stores the ``L x L`` map) for the
-token attention. Same parameters, same results up to float rounding
-(``Testing/model/test_fast_path.py`` pins the two against each other).
+inference one (:func:`inference_kernels`) is what a CPU runs fast: the Restormer block in bands
+of rows that stay in cache, on channels-last maps with 1x1 convolutions as GEMMs, its attention
+from an accumulated Gram matrix with the output projection folded in
+(:meth:`RestormerBlock._infer`), and ``scaled_dot_product_attention`` (a fused kernel that never
+stores the ``L x L`` map) for the token attention. Same parameters, same results up to float
+rounding (``Testing/model/test_fast_path.py`` pins the two against each other).
 """
 
 from __future__ import annotations

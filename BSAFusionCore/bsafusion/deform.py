@@ -22,6 +22,7 @@ border-extended.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -66,16 +67,30 @@ def identity_grid(
     return torch.stack(mesh[::-1], dim=0).unsqueeze(0)
 
 
+@functools.lru_cache(maxsize=32)
+def _grid_constants(spatial: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The identity grid of ``spatial`` and the ``size - 1`` divisors, per channel.
+
+    Cached: a network forward warps about a hundred times on three grids, and building these
+    was a dozen small tensor operations per warp. Built outside inference mode, so that the
+    cached tensors serve autograd too.
+    """
+    ndim = len(spatial)
+    with torch.inference_mode(False):
+        identity = identity_grid(spatial, device, dtype)
+        # channel c is along array axis (ndim - 1 - c): x is the last axis
+        sizes = torch.tensor([spatial[ndim - 1 - c] for c in range(ndim)], device=device, dtype=dtype)
+        return identity, (sizes.view(1, ndim, *([1] * ndim)) - 1).clamp(min=1)
+
+
 def _sampling_grid(field: torch.Tensor) -> torch.Tensor:
     """Turn a pixel displacement field into the normalised grid ``grid_sample`` expects."""
-    spatial = field.shape[2:]
+    spatial = tuple(field.shape[2:])
     ndim = len(spatial)
     if field.shape[1] != ndim:
         raise ValueError(f"field has {field.shape[1]} channels for a {ndim}-D grid")
-    pos = identity_grid(spatial, field.device, field.dtype) + field
-    # channel c is along array axis (ndim - 1 - c): x is the last axis
-    sizes = torch.tensor([spatial[ndim - 1 - c] for c in range(ndim)], device=field.device, dtype=field.dtype)
-    norm = 2.0 * pos / (sizes.view(1, ndim, *([1] * ndim)) - 1).clamp(min=1) - 1.0
+    identity, divisors = _grid_constants(spatial, field.device, field.dtype)
+    norm = 2.0 * (identity + field) / divisors - 1.0
     return norm.movedim(1, -1)
 
 

@@ -1,7 +1,8 @@
 """Pictures people would rather look at than read: checkerboards and quick-look panels.
 
-matplotlib runs with the non-interactive Agg backend (no screen needed); figures are written
-atomically through :func:`bsafusion.io.atomic_output`.
+Panels are composed as pixel arrays and written with Pillow, atomically through
+:func:`bsafusion.io.atomic_output`: a matplotlib figure (layout, rendering, PNG) took 0.45 s
+per 2D pair, more than the network, for a picture that needs no axes.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from bsafusion.io import atomic_output
 
-from bsafusion.io import atomic_output  # noqa: E402
+#: Pixels between tiles and the height of each title line.
+GAP = 6
+TITLE_HEIGHT = 18
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -38,18 +40,31 @@ def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
 
 
 def save_panel(path: str | Path, images: Sequence[tuple[str, np.ndarray]], title: str | None = None) -> Path:
-    """Write a one-row panel of titled images (grey or RGB, values in [0, 1]) as PNG."""
-    n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
-    for ax, (name, img) in zip(axes[0], images):
-        ax.imshow(_as_rgb(img), interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
+    """Write a one-row panel of titled images (grey or RGB, values in [0, 1]) as PNG.
+
+    Each image keeps its pixels (tiles are top-aligned on a white background, the name above
+    each, ``title`` above all).
+    """
+    tiles = [(name, (_as_rgb(img) * 255 + 0.5).astype(np.uint8)) for name, img in images]
+    top = TITLE_HEIGHT * (2 if title else 1)
+    height = top + max(t.shape[0] for _, t in tiles) + GAP
+    width = sum(t.shape[1] for _, t in tiles) + GAP * (len(tiles) + 1)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    x = GAP
+    lefts = []
+    for _, tile in tiles:
+        canvas[top : top + tile.shape[0], x : x + tile.shape[1]] = tile
+        lefts.append(x)
+        x += tile.shape[1] + GAP
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        draw.text((width / 2, TITLE_HEIGHT / 2), title, fill=(0, 0, 0), font=font, anchor="mm")
+    for (name, tile), left in zip(tiles, lefts):
+        draw.text((left + tile.shape[1] / 2, top - TITLE_HEIGHT / 2), name, fill=(0, 0, 0), font=font, anchor="mm")
     path = Path(path)
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+        # zlib level 1: a quick look, written for every pair; level 6 took 50 ms of a 0.3 s pair
+        picture.save(tmp, format="png", compress_level=1)
     return path

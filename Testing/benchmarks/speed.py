@@ -20,9 +20,17 @@ development machine and of CI):
   model is trained at ``img_size``) and ``Fuser.fuse`` on inputs of those sizes (it resamples to
   ``img_size``, so only the resampling and full-size warping grow); the forward pass for batches
   of 1, 2, 4, 8 pairs;
-* **per-block forward time** of the network (encoder, MDF-FR, feature pyramid, BSFA, MMFF;
-  "other" is the rest: field resizing, final warp, classifier heads), taken with forward
-  hooks on the model's sub-modules (the model code is not touched).
+* **ours against the published architecture**: ``BSFAF.infer`` of the shipped model against a
+  re-implementation of the published BSAFusion network's forward (``published_arch.py``, random
+  weights, 10.0 M parameters), ``--runs`` alternating runs of the median of ``--repeats`` each,
+  in one process, so both see the same machine state;
+* **per-block profile** of one 256² pair under ``torch.inference_mode`` (the inference kernels):
+  encoder, MDF-FR, feature pyramid, modality translator, each BSFA level's registration layers
+  (FRL + RRL), the rest of BSFA (half-warps, MIND, cost volumes, integration, compositions), MMFF,
+  "other", then the per-pair refinement (off by default) and the file I/O of ``fuse_files``;
+  taken with forward hooks (the model code is not touched). On the CPU with ``--threads``; on a
+  CUDA device, when there is one, for batches of 1 and 16 pairs (hooks synchronise the GPU).
+  ``--profile-only`` prints just these two sections (about a minute).
 
 Times are the median (and minimum) of ``--repeats`` runs after one warm-up run. The inputs are
 phantom pairs (:mod:`bsafusion.phantom`) misaligned with :func:`bsafusion.deform.random_misalignment`,
@@ -33,11 +41,13 @@ architecture and cost); the output says which.
 Usage (from the repository root)::
 
     python Testing/benchmarks/speed.py [--weights FILE] [--repeats 5] [--output table.md]
+    python Testing/benchmarks/speed.py --profile-only --threads 2 --runs 6 --repeats 7
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -52,19 +62,23 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from bsafusion.model import checkpoint
 from bsafusion.evaluation.baselines import ClassicalSettings, fuse_colour, get_rule, register_classical
 from bsafusion.evaluation.baselines.fusion_rules import FUSION_RULES
 from bsafusion.deform import random_misalignment
 from bsafusion.inference.fuser import Fuser, fuse_files
+from bsafusion.inference.refine import RefineSettings
 from bsafusion.io import write_image
 from bsafusion.model import BSFAF, ModelConfig
 from bsafusion.phantom import phantom_pair
 
-#: Network blocks timed with forward hooks, in the order they run: attribute of BSFAF -> label.
+#: Network blocks timed with forward hooks, in the order they run: sub-module path -> label.
+#: BSFA levels are its registration layers (FRL + RRL) per level; "BSFA warps, MIND, cost volumes, integration" is
+#: the rest of BSFA (scaling and squaring, compositions, half-warps, MIND).
 BLOCKS = {"encoder": "Encoder (Restormer + Transformer)", "mdffr": "MDF-FR (MFRH exchange, Transfer)",
-          "pyramid": "Feature pyramid", "bsfa": "BSFA (FRL/RRL, integration)", "mmff": "MMFF (fusion, reconstruction)"}
+          "pyramid": "Feature pyramid", "translator": "Modality translator (B_hat)"}
 PAIR_SIZE = 256
 SEED = 5
 
@@ -110,15 +124,15 @@ def pair_tasks(fuser: Fuser, workdir: Path) -> dict[str, Callable[[], object]]:
     f_t, m_t = network_inputs(fuser.model, fuser.model.cfg.img_size)
 
     def forward() -> object:
-        with torch.no_grad():
+        with torch.inference_mode():
             return fuser.model.infer(f_t, m_t)
 
-    refined = Fuser("CT", fuser.weights, device="cpu")  # the CT default: per-pair refinement on
+    refined = Fuser("CT", fuser.weights, device="cpu", refine=RefineSettings().steps)  # per-pair refinement (off by default)
 
     tasks: dict[str, Callable[[], object]] = {
         f"Ours: forward pass ({fuser.model.cfg.img_size}²)": forward,
         "Ours: `Fuser.fuse` (in memory)": lambda: fuser.fuse(fixed, moving),
-        f"Ours: `Fuser.fuse` + refinement ({refined.refine.steps} steps, the CT default)": lambda: refined.fuse(fixed, moving),
+        f"Ours: `Fuser.fuse` + refinement ({refined.refine.steps} steps, off by default)": lambda: refined.fuse(fixed, moving),
         "Ours: end to end, files (`fuse_files`)": lambda: fuse_files(fixed_png, moving_png, fuser, workdir / "out", "bench"),
         "SimpleITK affine + B-spline (1 ITK thread, deterministic)": lambda: register_classical(fixed, moving),
         "SimpleITK affine + B-spline (ITK default threads)": lambda: register_classical(
@@ -144,29 +158,131 @@ def timeit(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return float(np.median(times)), float(np.min(times))
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def block_times(model: BSFAF, fixed: torch.Tensor, moving: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
-    """Mean seconds per forward pass spent in each block of :data:`BLOCKS`, and the total."""
-    spent = {name: 0.0 for name in BLOCKS}
-    starts: dict[str, float] = {}
+    """Mean seconds per :meth:`BSFAF.infer` (inference mode) spent in each block, and the total.
+
+    Keys are labels in run order: :data:`BLOCKS`, each BSFA level's registration layers, the
+    rest of BSFA, MMFF and "other" (field resizing, input checks). Hooks synchronise the GPU,
+    so GPU totals include the synchronisation.
+    """
+    device = fixed.device
+    hooked: dict[str, list[nn.Module]] = {label: [model.get_submodule(path)] for path, label in BLOCKS.items() if _has(model, path)}
+    for side in ("frl", "rrl"):
+        for level, layer in enumerate(getattr(model.bsfa, side) or []):
+            hooked.setdefault(f"BSFA level {level} (FRL+RRL)", []).append(layer)
+    hooked["BSFA (all)"] = [model.bsfa]
+    hooked["MMFF (fusion, reconstruction)"] = [model.mmff]
+    spent = {label: 0.0 for label in hooked}
+    starts: dict[int, float] = {}
     handles = []
-    for name in BLOCKS:
-        module = getattr(model, name)
-        handles.append(module.register_forward_pre_hook(
-            lambda _m, _i, name=name: starts.__setitem__(name, time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda _m, _i, _o, name=name: spent.__setitem__(name, spent[name] + time.perf_counter() - starts[name])))
+
+    def pre(module: nn.Module, _inputs: object) -> None:
+        _sync(device)
+        starts[id(module)] = time.perf_counter()
+
+    def post(label: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _inputs: object, _output: object) -> None:
+            _sync(device)
+            spent[label] += time.perf_counter() - starts[id(module)]
+        return hook
+
+    for label, mods in hooked.items():
+        for module in mods:
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post(label)))
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             model.infer(fixed, moving)  # warm-up
-            spent.update({name: 0.0 for name in BLOCKS})
+            spent.update({label: 0.0 for label in spent})
+            _sync(device)
             start = time.perf_counter()
             for _ in range(repeats):
                 model.infer(fixed, moving)
+            _sync(device)
             total = (time.perf_counter() - start) / repeats
     finally:
         for handle in handles:
             handle.remove()
-    return {name: t / repeats for name, t in spent.items()}, total
+    out = {label: t / repeats for label, t in spent.items()}
+    bsfa = out.pop("BSFA (all)")
+    mmff = out.pop("MMFF (fusion, reconstruction)")
+    out["BSFA warps, MIND, cost volumes, integration"] = max(0.0, bsfa - sum(v for k, v in out.items() if k.startswith("BSFA level")))
+    out["MMFF (fusion, reconstruction)"] = mmff
+    out["Other (field resize, checks)"] = max(0.0, total - sum(out.values()))
+    return out, total
+
+
+def _has(model: nn.Module, path: str) -> bool:
+    try:
+        return model.get_submodule(path) is not None
+    except AttributeError:
+        return False
+
+
+def pipeline_times(fuser: Fuser, workdir: Path, repeats: int) -> dict[str, float]:
+    """Seconds of one 256² pair from files: reading, the network, refinement (CT default steps), writing.
+
+    ``fuse_files`` end to end, minus ``Fuser.fuse`` in memory, is the I/O (decode, encode,
+    field and panel files); refinement is ``Fuser.fuse`` with the CT default refinement minus
+    without it.
+    """
+    fixed, moving, _ = make_pair(PAIR_SIZE)
+    fixed_png = write_image(fixed, workdir / "in" / "fixed.png")
+    moving_png = write_image(moving, workdir / "in" / "moving.png")
+    refined = Fuser("CT", fuser.weights, device="cpu", refine=RefineSettings().steps)
+    plain, _ = timeit(lambda: fuser.fuse(fixed, moving), repeats)
+    with_refine, _ = timeit(lambda: refined.fuse(fixed, moving), repeats)
+    files, _ = timeit(lambda: fuse_files(fixed_png, moving_png, fuser, workdir / "out", "bench"), repeats)
+    return {"fuse": plain, "refinement": max(0.0, with_refine - plain), "io": max(0.0, files - plain), "files": files,
+            "refine_steps": refined.refine.steps}
+
+
+def block_table(model: BSFAF, device: torch.device, batch: int, repeats: int, io: dict[str, float] | None) -> list[str]:
+    """Markdown rows of :func:`block_times` on ``device`` for ``batch`` pairs (plus refinement and I/O on the CPU)."""
+    fixed, moving = network_inputs(model, model.cfg.img_size, batch)
+    per_block, total = block_times(model, fixed.to(device), moving.to(device), repeats)
+    rows = list(per_block.items())
+    if io is not None:
+        rows += [(f"Refinement ({io['refine_steps']} steps, off by default)", io["refinement"]),
+                 ("I/O (read PNGs, write outputs)", io["io"])]
+        total_all = total + io["io"]
+    else:
+        total_all = total
+    lines = [f"| Block ({device.type}, batch {batch}) | ms | Share of forward |", "|---|---:|---:|"]
+    for name, seconds in rows:
+        lines.append(f"| {name} | {_ms(seconds)} | {seconds / total:.0%} |")
+    lines.append(f"| **Forward total** | **{_ms(total)}** | 100% |")
+    if io is not None:
+        lines.append(f"| End to end from files (`fuse_files`, no refinement) | {_ms(io['files'])} | |")
+    return lines
+
+
+def compare_published(model: BSFAF, threads: int, runs: int, repeats: int) -> list[str]:
+    """Ours (``model.infer``) against the published architecture, alternating, median of ``repeats`` each run."""
+    spec = importlib.util.spec_from_file_location("published_arch", Path(__file__).with_name("published_arch.py"))
+    published_arch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(published_arch)
+    PublishedBSAFusion = published_arch.PublishedBSAFusion
+    torch.manual_seed(0)
+    published = PublishedBSAFusion().eval()
+    fixed, moving = network_inputs(model, PAIR_SIZE)
+    ours_ms, theirs_ms = [], []
+    with torch.inference_mode():
+        for _ in range(runs):
+            ours_ms.append(timeit(lambda: model.infer(fixed, moving), repeats)[0] * 1e3)
+            theirs_ms.append(timeit(lambda: published(fixed, moving), repeats)[0] * 1e3)
+    ratios = [o / t for o, t in zip(ours_ms, theirs_ms)]
+    params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
+    return [f"| Network ({threads} threads, 256² pair, median of {repeats}) | Parameters | ms per run ({runs} alternating runs) |",
+            "|---|---:|---|",
+            f"| Published BSAFusion architecture (random weights) | {params(published):.1f} M | {', '.join(f'{t:.0f}' for t in theirs_ms)} |",
+            f"| Ours, `BSFAF.infer` (inference mode) | {params(model):.2f} M | {', '.join(f'{t:.0f}' for t in ours_ms)} |",
+            f"| Ratio ours / published | | {', '.join(f'{r:.2f}' for r in ratios)} (median {np.median(ratios):.2f}) |"]
 
 
 def _reset_peak_rss() -> bool:
@@ -230,6 +346,25 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f}"
 
 
+def profile_section(model: BSFAF, workdir: Path, args: argparse.Namespace) -> list[str]:
+    """The published-architecture comparison and the per-block profiles (CPU; GPU batch 1 and 16 when present)."""
+    fuser = Fuser("CT", checkpoint.default_weights_path("CT") if args.weights is None else args.weights, device="cpu", refine=0)
+    lines = ["", f"#### Ours against the published architecture ({args.threads} threads)", ""]
+    lines += compare_published(model, args.threads, args.runs, args.repeats)
+    lines += ["", f"#### Forward pass by block ({model.cfg.img_size}², mean of {args.repeats}), CPU {args.threads} threads", ""]
+    lines += block_table(model, torch.device("cpu"), 1, args.repeats, pipeline_times(fuser, workdir, args.repeats))
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        model.to(gpu)
+        for batch in (1, 16):
+            lines += ["", f"#### Forward pass by block, GPU ({torch.cuda.get_device_name(gpu)}), batch {batch}", ""]
+            lines += block_table(model, gpu, batch, args.repeats, None)
+        model.to("cpu")
+    else:
+        lines += ["", "GPU profile (batch 1 and 16): not run, no CUDA device on this machine."]
+    return lines
+
+
 def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
     lines = []
@@ -266,7 +401,7 @@ def run(args: argparse.Namespace) -> str:
         for size in args.sizes:
             f_t, m_t = network_inputs(model, size)
             fixed, moving, _ = make_pair(size)
-            with torch.no_grad():
+            with torch.inference_mode():
                 fwd, _ = timeit(lambda: model.infer(f_t, m_t), args.repeats)
             fus, _ = timeit(lambda: fuser.fuse(fixed, moving), args.repeats)
             lines.append(f"| {size}² | {_ms(fwd)} | {_ms(fus)} |")
@@ -276,19 +411,12 @@ def run(args: argparse.Namespace) -> str:
                   "| Pairs per batch | ms per batch | ms per pair |", "|---:|---:|---:|"]
         for batch in args.batches:
             f_t, m_t = network_inputs(model, cfg.img_size, batch)
-            with torch.no_grad():
+            with torch.inference_mode():
                 fwd, _ = timeit(lambda: model.infer(f_t, m_t), args.repeats)
             lines.append(f"| {batch} | {_ms(fwd)} | {_ms(fwd / batch)} |")
             print(f"  done: batch {batch}", file=sys.stderr)
 
-        per_block, total = block_times(model, *network_inputs(model, cfg.img_size), args.repeats)
-        lines += ["", f"#### Forward pass by block ({cfg.img_size}², batch 1, mean of {args.repeats})", "",
-                  "| Block | ms | Share |", "|---|---:|---:|"]
-        for name, seconds in per_block.items():
-            lines.append(f"| {BLOCKS[name]} | {_ms(seconds)} | {seconds / total:.0%} |")
-        other = max(0.0, total - sum(per_block.values()))
-        lines += [f"| Other (field resize, final warp, heads) | {_ms(other)} | {other / total:.0%} |",
-                  f"| **Total** | **{_ms(total)}** | 100% |"]
+        lines += profile_section(model, workdir, args)
     return "\n".join(lines)
 
 
@@ -302,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip the peak-memory columns (each needs a fresh process)")
     parser.add_argument("--output", help="also write the Markdown tables to this file")
+    parser.add_argument("--runs", type=int, default=6, help="alternating runs of ours vs the published architecture (default 6)")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the published comparison and the per-block profiles (a minute instead of ten)")
     parser.add_argument("--_memory-task", dest="memory_task", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -311,7 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_memory_here(args.memory_task, Path(args.weights), args.threads)))
         return 0
     start = time.perf_counter()
-    table = run(args)
+    if args.profile_only:
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            weights, _ = resolve_weights(args.weights, Path(tmp))
+            table = "\n".join(profile_section(checkpoint.load_model(weights, "CT", "cpu").eval(), Path(tmp), args))
+    else:
+        table = run(args)
     table += f"\n\nBenchmark wall time: {time.perf_counter() - start:.0f} s."
     print(table)
     if args.output:

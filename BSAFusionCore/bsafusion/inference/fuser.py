@@ -169,17 +169,23 @@ class Fuser:
         ]).to(dev)
         net = (self.model.cfg.img_size,) * 2
         fixed_net, moving_net = resize_image(fixed_t, net), resize_image(moving_full, net)
-        registration = self.model.register(fixed_net, moving_net)
+        # the network runs in inference mode (its inference kernels, no autograd bookkeeping);
+        # refinement optimises a field with autograd, so it gets ordinary copies
+        with torch.inference_mode():
+            registration = self.model.register(fixed_net, moving_net)
         field_net, inverse_net = registration.field_ba, registration.field_ab
         if self.refine.steps:
-            field_net = refine_field(fixed_net, moving_net, field_net, self.refine, registration.translation)
+            translation = None if registration.translation is None else registration.translation.clone()
+            field_net = refine_field(fixed_net, moving_net, field_net.clone(), self.refine, translation)
             inverse_net = invert(field_net)
         field = resize_field(field_net, shape)
         inverse = resize_field(inverse_net, shape)
         # the moving image is warped once, at full size (the network's own warp is for training)
         # border padding: the studio-range background of PET/SPECT luma is 16/255, not 0
         aligned_luma = warp(moving_full, field, padding="border")
-        fused_luma = resize_image(self.model.fuse(registration, field_net), shape).clamp(0, 1)
+        with torch.inference_mode():
+            fused_net = self.model.fuse(registration, field_net)
+        fused_luma = resize_image(fused_net, shape).clamp(0, 1)
         if self.keep_background:
             fused_luma = keep_background(fused_luma, fixed_t, aligned_luma)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bsafusion.model.blocks import RestormerBlock, TransformerLayer
+from bsafusion.model.blocks import RestormerBlock, TransformerLayer, channels_last
 from bsafusion.model.config import ModelConfig
 from bsafusion.model.mdffr import ModalityFeatureHead
 
@@ -44,7 +44,8 @@ class Encoder(nn.Module):
         self.head = head
 
     def forward(self, image: torch.Tensor) -> EncodedImage:
-        shallow = self.shallow(self.stem(image))
+        # one channel: channels-last costs nothing here, and the stem then writes channels-last
+        shallow = self.shallow(self.stem(channels_last(image)))
         deep = self.deep(shallow)
         patches = self.patch_embed(deep)
         patches = patches + self.pos(patches)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bsafusion.deform import warp
-from bsafusion.model.blocks import RestormerBlock, conv_block
+from bsafusion.model.blocks import RestormerBlock, cat_channels, conv_block, pointwise
 from bsafusion.model.config import ModelConfig
 
 
@@ -26,7 +26,7 @@ class FusionBlock(nn.Module):
         self.block = RestormerBlock(channels, heads)
 
     def forward(self, deep_a: torch.Tensor, deep_b_aligned: torch.Tensor) -> torch.Tensor:
-        return self.block(self.project(torch.cat([deep_a, deep_b_aligned], dim=1)))
+        return self.block(pointwise(self.project, cat_channels([deep_a, deep_b_aligned])))
 
 
 class Reconstruction(nn.Module):
@@ -38,7 +38,7 @@ class Reconstruction(nn.Module):
         self.out = nn.Conv2d(channels, 1, 3, padding=1)
 
     def forward(self, fused: torch.Tensor, shallow_a: torch.Tensor, shallow_b_aligned: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.out(self.body(torch.cat([fused, shallow_a, shallow_b_aligned], dim=1))))
+        return torch.sigmoid(self.out(self.body(cat_channels([fused, shallow_a, shallow_b_aligned]))))
 
 
 class MMFF(nn.Module):
@@ -57,6 +57,7 @@ class MMFF(nn.Module):
         shallow_b: torch.Tensor,
         field_ba: torch.Tensor,
     ) -> torch.Tensor:
-        deep_b_aligned = warp(deep_b, field_ba)
-        shallow_b_aligned = warp(shallow_b, field_ba)
+        # one warp of both maps: one sampling grid, and grid_sample treats channels independently
+        deep_b_aligned, shallow_b_aligned = warp(torch.cat([deep_b, shallow_b], dim=1), field_ba).split(
+            [deep_b.shape[1], shallow_b.shape[1]], dim=1)
         return self.reconstruction(self.fusion(deep_a, deep_b_aligned), shallow_a, shallow_b_aligned)

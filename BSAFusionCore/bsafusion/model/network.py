@@ -91,7 +91,7 @@ class BSFAF(nn.Module):
 
     def register(self, fixed: torch.Tensor, moving: torch.Tensor) -> Registration:
         """The registration half: both fields at input size, ``B_hat``, and what :meth:`fuse` needs."""
-        registration, _ = self._align(fixed, moving)
+        registration, _ = self._align(fixed, moving, for_losses=False)
         return registration
 
     def fuse(self, registration: Registration, field_ba: torch.Tensor) -> torch.Tensor:
@@ -133,8 +133,8 @@ class BSFAF(nn.Module):
             ),
         )
 
-    def _align(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[Registration, _LossInputs]:
-        """Encoder, MDF-FR, pyramid, translator and BSFA."""
+    def _align(self, fixed: torch.Tensor, moving: torch.Tensor, for_losses: bool = True) -> tuple[Registration, _LossInputs]:
+        """Encoder, MDF-FR, pyramid, translator and BSFA; ``for_losses=False`` skips what only losses read."""
         if fixed.shape != moving.shape or fixed.ndim != 4 or fixed.shape[1] != 1:
             raise ValueError(f"expected two (N, 1, H, W) tensors of equal shape, got {fixed.shape} and {moving.shape}")
         if fixed.shape[-1] % self.cfg.patch_size or fixed.shape[-2] % self.cfg.patch_size:
@@ -155,7 +155,8 @@ class BSFAF(nn.Module):
             # detached: the translation learns from its own loss, not by bending towards
             # whatever makes the registration loss smaller
             guide_a = translation.detach()
-        alignment = self.bsfa([lvl[:n] for lvl in pyramid], [lvl[n:] for lvl in pyramid], guide_a, moving)
+        alignment = self.bsfa([lvl[:n] for lvl in pyramid], [lvl[n:] for lvl in pyramid], guide_a, moving,
+                              with_middle=for_losses)
         size = fixed.shape[2:]
         registration = Registration(resize_field(alignment.field_ba, size), resize_field(alignment.field_ab, size),
                                     translation, enc)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bsafusion.model.blocks import conv_block
+from bsafusion.model.blocks import cat_channels, channels_last, conv_block
 
 
 class ModalityTranslator(nn.Module):
@@ -49,12 +49,12 @@ class ModalityTranslator(nn.Module):
 
     def forward(self, image_a: torch.Tensor, token_map_a: torch.Tensor) -> torch.Tensor:
         skips = []
-        x = image_a
+        x = channels_last(image_a)  # one channel: free, and the convolutions below stay channels-last
         for k, block in enumerate(self.down):
             x = block(x if k == 0 else F.avg_pool2d(x, 2))
             skips.append(x)
-        x = self.bottleneck(torch.cat([x, token_map_a], dim=1))
+        x = self.bottleneck(cat_channels([x, token_map_a]))
         for block, skip in zip(self.up, reversed(skips[:-1])):
             x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
+            x = block(cat_channels([x, skip]))
         return self.out(x)

@@ -333,8 +333,9 @@ def register_and_fuse_volumes(
         :mod:`bsafusion.inference.volume.geometry`).
     batch_size : int, optional
         Slices per network call. Default: 1 on the CPU, 8 on CUDA. Measured on 2 CPU cores
-        (``Testing/benchmarks/speed.py``): batching makes each slice slower (253 ms alone,
-        471 ms in batches of 8), so the 256x256x150 benchmark takes 51 s with 1 and 71 s with 8.
+        (``Testing/benchmarks/speed.py``): batching makes each slice slower (193 ms alone,
+        254-280 ms per slice in batches of 2 to 8: the inference kernels already keep the
+        cores busy and a batch only makes the working set larger).
     progress : callable, optional
         ``progress(fraction, message)``, called at each stage and network batch.
     cancel : callable, optional

@@ -349,3 +349,12 @@ def test_folder_without_dicom_and_unknown_suffix(tmp_path):
 def test_suffix_helpers():
     assert io.image_suffix("a/B.NII.GZ") == ".nii.gz" and io.image_stem("a/12.nii.gz") == "12"
     assert io.image_suffix("x.png") == ".png" and io.image_stem("x.png") == "x"
+
+
+def test_as_eight_bit_is_what_a_written_png_reads_back(tmp_path):
+    from bsafusion.io import as_eight_bit, read_slice, write_image
+
+    values = np.random.default_rng(3).uniform(-0.2, 1.2, (16, 20)).astype(np.float32)
+    values[0, :4] = [0.5 / 255, 1.5 / 255, 254.5 / 255, 1.0]  # rounding ties and the ends
+    write_image(values, tmp_path / "x.png")
+    np.testing.assert_array_equal(as_eight_bit(values), read_slice(tmp_path / "x.png"))

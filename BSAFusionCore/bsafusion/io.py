@@ -58,6 +58,7 @@ __all__ = [
     "read_slice",
     "read_luma",
     "write_image",
+    "as_eight_bit",
     "write_transform",
     "write_dicom_series",
 ]
@@ -644,6 +645,16 @@ def read_luma(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
 # --------------------------------------------------------------------------- writing
 
 
+def _eight_bit_levels(values: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(values, 0.0, 1.0) * 255.0)
+
+
+def as_eight_bit(values: np.ndarray) -> np.ndarray:
+    """Float values in [0, 1] as an 8-bit file written by :func:`write_image` gives them back
+    (clipped, rounded to 1/255), float32: what a written PNG holds, without writing it."""
+    return (_eight_bit_levels(np.asarray(values)) / 255.0).astype(np.float32)
+
+
 def _eight_bit(values: np.ndarray, path: Path) -> np.ndarray:
     """Pixels for an 8-bit format: floats in [0, 1] -> uint8 (clip, round); integers as they are."""
     if values.dtype == np.bool_:
@@ -653,7 +664,7 @@ def _eight_bit(values: np.ndarray, path: Path) -> np.ndarray:
     if np.issubdtype(values.dtype, np.floating):
         if not np.isfinite(values).all():
             raise InputError(f"{path}: cannot write NaN/Inf values")
-        return np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return _eight_bit_levels(values).astype(np.uint8)
     if values.dtype == np.uint16 and image_suffix(path) == ".png":
         return values
     if np.issubdtype(values.dtype, np.integer) and values.size and values.min() >= 0 and values.max() <= 255:

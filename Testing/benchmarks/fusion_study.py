@@ -28,17 +28,14 @@ import numpy as np
 import torch
 
 from bsafusion.evaluation.metrics import FUSION_METRICS
-from bsafusion.inference.background import FLOOR_TOLERANCE
+from bsafusion.inference.background import background_mask
 from bsafusion.inference.fuser import Fuser
+from bsafusion.io import as_eight_bit
 from bsafusion.modality import MOVING
 from bsafusion.training.data import validation_pairs
 
 VAL_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "harvard" / "val_aligned"
 VERSIONS = ("network", "network, 8-bit", "product", "copy MRI")
-
-
-def _eight_bit(image: np.ndarray) -> np.ndarray:
-    return (np.round(np.clip(image, 0, 1) * 255) / 255).astype(np.float32)
 
 
 def _flat_windows(fixed: np.ndarray, truth: np.ndarray, window: int = 8) -> float:
@@ -63,13 +60,13 @@ def study(weights: str | None, max_cases: int) -> tuple[dict[str, dict[str, list
             item = pairs[index]
             fixed, moving, truth = (item[k][0].numpy() for k in ("fixed", "moving", "moving_aligned"))
             network = raw.fuse(fixed, moving).fused_luma
-            versions = {"network": network, "network, 8-bit": _eight_bit(network),
-                        "product": _eight_bit(product.fuse(fixed, moving).fused_luma), "copy MRI": fixed}
+            versions = {"network": network, "network, 8-bit": as_eight_bit(network),
+                        "product": as_eight_bit(product.fuse(fixed, moving).fused_luma), "copy MRI": fixed}
             for version, fused in versions.items():
                 for name, metric in FUSION_METRICS.items():
                     scores.setdefault(f"{modality}|{version}", {}).setdefault(name, []).append(
                         float(metric(fused.astype(np.float32), fixed, truth)))
-            floor = (fixed <= fixed.min() + FLOOR_TOLERANCE) & (truth <= truth.min() + FLOOR_TOLERANCE)
+            floor = background_mask(*(torch.from_numpy(x)[None, None] for x in (fixed, truth)))[0, 0].numpy()
             levels = np.unique(np.round(np.clip(network[floor], 0, 1) * 255)).size if floor.any() else 0
             background.setdefault(f"{modality}|flat", []).append(_flat_windows(fixed, truth))
             background.setdefault(f"{modality}|levels", []).append(float(levels))

@@ -100,7 +100,7 @@ from bsafusion.evaluation.evaluate import (
 )
 from bsafusion.colour import merge_luma, split_luma, warp_chroma
 from bsafusion.inference.fuser import Fuser
-from bsafusion.io import atomic_output, check_output_dir
+from bsafusion.io import as_eight_bit, atomic_output, check_output_dir
 from bsafusion.device import resolve_device
 
 __all__ = [
@@ -396,10 +396,6 @@ def build_methods(
 # --------------------------------------------------------------------------- running
 
 
-def _eight_bit(image: np.ndarray) -> np.ndarray:
-    return (np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
-
-
 def as_written(output: MethodOutputLike) -> MethodOutput:
     """``output`` with its images at the precision of an 8-bit PNG, as they are scored.
 
@@ -411,8 +407,8 @@ def as_written(output: MethodOutputLike) -> MethodOutput:
     """
     aligned = getattr(output, "aligned_luma", None)
     return MethodOutput(
-        fused_luma=_eight_bit(np.asarray(output.fused_luma)),
-        aligned_luma=None if aligned is None else _eight_bit(np.asarray(aligned)),
+        fused_luma=as_eight_bit(output.fused_luma),
+        aligned_luma=None if aligned is None else as_eight_bit(aligned),
         field=getattr(output, "field", None),
     )
 

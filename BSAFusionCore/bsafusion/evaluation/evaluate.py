@@ -239,6 +239,7 @@ class OutputFolder:
         if not self.root.is_dir():
             raise InputError(f"{self.root}: no such folder")
         self._files: dict[str, tuple[dict[str, Path], dict[str, Path] | None]] = {}
+        self._colour_files: dict[str, dict[str, Path]] = {}
 
     def _base(self, modality: str) -> Path:
         # root itself counts only if it is recognisably this modality's folder, so that one
@@ -280,8 +281,10 @@ class OutputFolder:
     def colour(self, case: Case) -> np.ndarray | None:
         """The case's fused image in colour, ``(H, W, 3)`` in [0, 1], from ``Fusion/`` (the
         metrics read ``Fusion_GRAY/`` first); ``None`` without a colour file for the case."""
-        folder = self._base(case.modality) / "Fusion"
-        path = list_images(folder).get(case.name) if folder.is_dir() else None
+        if case.modality not in self._colour_files:
+            folder = self._base(case.modality) / "Fusion"
+            self._colour_files[case.modality] = list_images(folder) if folder.is_dir() else {}
+        path = self._colour_files[case.modality].get(case.name)
         if path is None:
             return None
         rgb = read_slice(path, grey=False)

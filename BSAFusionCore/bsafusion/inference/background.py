@@ -29,11 +29,14 @@ def _at_floor(images: torch.Tensor) -> torch.Tensor:
     return images <= floor + FLOOR_TOLERANCE
 
 
-def keep_background(fused: torch.Tensor, fixed: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
-    """``fused`` with the fixed image's background where both sources are background.
+def background_mask(fixed: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
+    """Where both ``(N, 1, H, W)`` sources are at their floor (each pair's own minima)."""
+    return _at_floor(fixed) & _at_floor(aligned)
 
-    All three are ``(N, 1, H, W)`` on one grid; each pair's floors are its own minima.
-    """
-    background = _at_floor(fixed) & _at_floor(aligned)
+
+def keep_background(fused: torch.Tensor, fixed: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
+    """``fused`` with the fixed image's background where both sources are background
+    (:func:`background_mask`); all three are ``(N, 1, H, W)`` on one grid."""
+    background = background_mask(fixed, aligned)
     floor = fixed.amin(dim=(1, 2, 3), keepdim=True).expand_as(fused)
     return torch.where(background, floor, fused)

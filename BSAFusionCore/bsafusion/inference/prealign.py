@@ -42,6 +42,12 @@ class ClassicalSettings:
         each level, but on at least ``min_samples`` of them (all voxels of a small coarse
         level): a 32-bin joint histogram estimated from a few hundred samples is too noisy, and
         on 128x128 slices the affine stage then stops in a wrong local optimum.
+    max_samples:
+        Upper bound on the sampled voxels of a level (``None``: no bound). The metric's
+        cost grows with the samples while its 32-bin histogram gains little beyond some
+        tens of thousands of them, so a bound keeps the finest level of a large volume from
+        dominating the run time (:func:`bsafusion.inference.volume.pipeline.prealign_settings`
+        says how much it saves there).
     seed:
         Seed of that random sampling; fixed so that the baseline is deterministic.
     initializer:
@@ -71,6 +77,7 @@ class ClassicalSettings:
     histogram_bins: int = 32
     sampling_fraction: float = 0.25
     min_samples: int = 4096
+    max_samples: int | None = None
     seed: int = 20250101
     initializer: str = "geometry"
     shrink_factors: tuple[int, ...] = (4, 2, 1)
@@ -106,16 +113,22 @@ def check_settings(settings: ClassicalSettings, ndim: int, bspline: bool) -> Non
         raise InputError("shrink_factors and smoothing_sigmas must be non-empty and of equal length")
     if not 0 < settings.sampling_fraction <= 1:
         raise InputError(f"sampling_fraction must be in (0, 1], got {settings.sampling_fraction}")
+    if settings.max_samples is not None and settings.max_samples < 1:
+        raise InputError(f"max_samples must be a positive number of voxels or None, got {settings.max_samples}")
     if bspline and settings.mesh_size is not None and (len(settings.mesh_size) != ndim or min(settings.mesh_size) < 1):
         raise InputError(f"mesh_size must be {ndim} positive integers, got {settings.mesh_size}")
 
 
 def _sampling_per_level(fixed: sitk.Image, settings: ClassicalSettings) -> list[float]:
-    """Sampling fraction of each pyramid level: ``sampling_fraction``, raised to ``min_samples``."""
+    """Sampling fraction of each pyramid level: ``sampling_fraction``, raised to ``min_samples``
+    and lowered to ``max_samples`` (the lower bound wins where they cross)."""
     fractions = []
     for shrink in settings.shrink_factors:
         voxels = float(np.prod([max(1, -(-size // shrink)) for size in fixed.GetSize()]))
-        fractions.append(min(1.0, max(settings.sampling_fraction, settings.min_samples / voxels)))
+        fraction = settings.sampling_fraction
+        if settings.max_samples is not None:
+            fraction = min(fraction, settings.max_samples / voxels)
+        fractions.append(min(1.0, max(fraction, settings.min_samples / voxels)))
     return fractions
 
 

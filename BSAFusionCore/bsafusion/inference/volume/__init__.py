@@ -37,12 +37,14 @@ from bsafusion.inference.volume.geometry import (
     slice_frame,
 )
 from bsafusion.inference.volume.pipeline import (
+    PREALIGN_SAMPLES,
     PREALIGN_SPACING_MM,
     SLICE_SIGMA_MM,
     Cancelled,
     VolumeResult,
     console_progress,
     inverse_transform,
+    prealign_settings,
     register_and_fuse_volumes,
 )
 
@@ -51,6 +53,7 @@ __all__ = [
     "MAX_SPACING_MM",
     "MIN_OVERLAP",
     "OUTPUT_FILES",
+    "PREALIGN_SAMPLES",
     "PREALIGN_SPACING_MM",
     "SLICE_SIGMA_MM",
     "Cancelled",
@@ -63,6 +66,7 @@ __all__ = [
     "fuse_volume_images",
     "inverse_transform",
     "overlap_fraction",
+    "prealign_settings",
     "read_volume",
     "register_and_fuse_volumes",
     "slice_frame",

@@ -52,6 +52,7 @@ __all__ = [
     "check_volume",
     "read_volume",
     "coverage_mask",
+    "extent_mm3",
     "overlap_fraction",
 ]
 
@@ -189,7 +190,8 @@ def read_volume(path: str | os.PathLike) -> sitk.Image:
     return check_volume(read_image(path), str(path))
 
 
-def _extent_mm3(image: sitk.Image) -> float:
+def extent_mm3(image: sitk.Image) -> float:
+    """Physical volume (mm^3) of the image's grid: voxels times voxel volume."""
     return float(np.prod(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())))
 
 
@@ -204,5 +206,5 @@ def coverage_mask(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfo
 def overlap_fraction(fixed: sitk.Image, moving: sitk.Image, covered: np.ndarray) -> float:
     """Covered physical volume / the smaller of the two volumes' extents (0 .. 1)."""
     voxel = float(np.prod(fixed.GetSpacing()))
-    smaller = min(_extent_mm3(fixed), _extent_mm3(moving))
+    smaller = min(extent_mm3(fixed), extent_mm3(moving))
     return float(min(1.0, covered.sum() * voxel / smaller))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from bsafusion.transforms import _round_mantissa, read_displacement_transform, write_displacement_transform
+from bsafusion.transforms import (
+    _round_mantissa,
+    displacement_image_to_field,
+    field_to_displacement_image,
+    read_displacement_transform,
+    write_displacement_transform,
+)
 
 
 def _reference() -> sitk.Image:
@@ -50,3 +56,22 @@ def test_mantissa_rounding_is_nearest_within_its_bound():
     assert np.array_equal(_round_mantissa(rounded, 16), rounded)
     truncated = (values.view(np.uint32) & np.uint32(0xFFFFFF80)).view(np.float32)
     assert np.abs(rounded - values).sum() < np.abs(truncated - values).sum()  # nearest, not towards 0
+
+
+def test_pixel_field_becomes_millimetres_in_lps_through_an_oblique_frame():
+    """d_mm = D (spacing * d_px) for every voxel, with an oblique direction (no zero
+    coefficients) and an axis-aligned one (zeros skipped), and a zero through-plane channel."""
+    rng = np.random.default_rng(3)
+    oblique = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.3, -0.2, 0.5).GetMatrix()
+    for direction in (oblique, _reference().GetDirection()):
+        reference = _reference()
+        reference.SetDirection(direction)
+        field = rng.normal(0.0, 2.0, (3, *reference.GetSize()[::-1])).astype(np.float32)
+        field[2] = 0.0
+        image = field_to_displacement_image(field, reference)
+        assert image.GetPixelID() == sitk.sitkVectorFloat64
+        assert image.GetDirection() == reference.GetDirection() and image.GetOrigin() == reference.GetOrigin()
+        d = np.asarray(direction).reshape(3, 3)
+        expected = np.einsum("ij,j...->...i", d * np.asarray(reference.GetSpacing()), field.astype(np.float64))
+        np.testing.assert_allclose(sitk.GetArrayFromImage(image), expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(displacement_image_to_field(image), field, atol=1e-5)

@@ -29,6 +29,10 @@ def field_to_displacement_image(field: np.ndarray, reference: sitk.Image) -> sit
 
     The result carries ``reference``'s origin, spacing and direction and can be wrapped in a
     ``sitk.DisplacementFieldTransform`` or written to ``.nii.gz`` / ``.mha`` / ``.h5``.
+    Each vector component is accumulated in float64 straight into the interleaved output, one
+    channel at a time, skipping zero coefficients and all-zero channels (a volume's through-plane
+    channel, the zeros of an axis-aligned direction matrix): a 256 x 256 x 150 field then needs
+    one output array instead of five float64 temporaries of its size.
     """
     n = field.shape[0]
     if reference.GetDimension() != n:
@@ -36,10 +40,14 @@ def field_to_displacement_image(field: np.ndarray, reference: sitk.Image) -> sit
     if tuple(field.shape[1:][::-1]) != tuple(reference.GetSize()):
         raise ValueError(f"field grid {field.shape[1:]} does not match reference size {reference.GetSize()[::-1]}")
     direction, spacing = _geometry(reference)
-    flat = field.reshape(n, -1).astype(np.float64)
-    mm = direction @ (spacing[:, None] * flat)
-    vectors = np.moveaxis(mm.reshape(field.shape), 0, -1)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(vectors), isVector=True)
+    matrix = direction * spacing[None, :]  # d_mm = D @ (spacing * d_px)
+    vectors = np.zeros((*field.shape[1:], n), dtype=np.float64)
+    term = np.empty(field.shape[1:], dtype=np.float64)
+    for j in (j for j in range(n) if field[j].any()):
+        for i in np.flatnonzero(matrix[:, j]):
+            np.multiply(field[j], matrix[i, j], out=term, dtype=np.float64)
+            vectors[..., i] += term
+    image = sitk.GetImageFromArray(vectors, isVector=True)
     image.CopyInformation(reference)
     return image
 

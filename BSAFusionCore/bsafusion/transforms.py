@@ -80,10 +80,11 @@ def write_displacement_transform(transform: sitk.Transform, reference: sitk.Imag
         A write error, or a written file that does not read back the same
         (:func:`bsafusion.io.write_image`).
     """
-    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, reference.GetSize(),
+    # ITK evaluates the transform in double and stores each vector rounded to float32
+    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat32, reference.GetSize(),
                                               reference.GetOrigin(), reference.GetSpacing(),
                                               reference.GetDirection())
-    vectors = _round_mantissa(sitk.GetArrayViewFromImage(field).astype(np.float32), _KEPT_MANTISSA_BITS)
+    vectors = _round_mantissa(sitk.GetArrayViewFromImage(field), _KEPT_MANTISSA_BITS)
     image = sitk.GetImageFromArray(vectors, isVector=True)
     image.CopyInformation(field)
     return write_image(image, path)

@@ -42,12 +42,6 @@ def test_the_bound_grows_when_the_moving_volume_covers_a_small_part_of_the_fixed
     assert prealign_settings(slab, fixed).max_samples == PREALIGN_SAMPLES  # a larger moving one: no change
 
 
-def _rotation_zx(z_deg: float, x_deg: float) -> np.ndarray:
-    cz, sz = np.cos(np.radians(z_deg)), np.sin(np.radians(z_deg))
-    cx, sx = np.cos(np.radians(x_deg)), np.sin(np.radians(x_deg))
-    return np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-
-
 def test_pipeline_settings_recover_a_known_rigid_offset() -> None:
     """MRI/CT phantom at the pipeline's working resolution; the CT's geometry moved by 6 and -4
     degrees and (7, -5, 4) mm. With the bounded sample (the finest level samples 25 000 of
@@ -56,7 +50,9 @@ def test_pipeline_settings_recover_a_known_rigid_offset() -> None:
     fixed = sitk.GetImageFromArray(pair.mri.astype(np.float32))
     fixed.SetSpacing(SPACING)
     fixed.SetOrigin((-120.0, -120.0, -60.0))
-    motion = _rotation_zx(6.0, -4.0)
+    # SimpleITK's Euler angles compose as Rz @ Rx @ Ry: 6 degrees about z after -4 about x
+    euler = sitk.Euler3DTransform((0.0, 0.0, 0.0), np.radians(-4.0), 0.0, np.radians(6.0))
+    motion = np.asarray(euler.GetMatrix()).reshape(3, 3)
     centre = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()]))
     origin_m = motion @ (np.asarray(fixed.GetOrigin()) - centre) + centre + np.array([7.0, -5.0, 4.0])
     moving = sitk.GetImageFromArray(pair.other.astype(np.float32))

@@ -18,8 +18,9 @@ Stages (the keys of :attr:`VolumeResult.timings`)
     2.5 mm (``sitk.BinShrink`` by integer factors, physical space unchanged): a 256 x 256 x 150
     pair then takes seconds instead of minutes, and the transform, being physical, applies to
     the full-resolution volumes. The metric samples at most about :data:`PREALIGN_SAMPLES` =
-    25 000 voxels per pyramid level inside the moving volume (:func:`prealign_settings`). Skipped with ``prealign=False``; the scanner coordinates are
-    then trusted. The overlap check follows it.
+    25 000 voxels per pyramid level inside the moving volume (:func:`prealign_settings`).
+    Skipped with ``prealign=False``; the scanner coordinates are then trusted. The overlap
+    check follows it.
 ``resample``
     The normalised moving volume is resampled (linear) into the fixed grid through the affine.
 ``network``

@@ -37,6 +37,11 @@ Terms (the ``name`` is the key in the loss dictionary and the CSV log):
     ``L1(|Sobel F|, max(|Sobel A|, |Sobel B'|))``. ``B'`` is the aligned truth of the moving
     image when the batch has it (``fusion_target="aligned"``) and otherwise the warped moving
     image, detached so that fusion losses do not bend the registration.
+``perceptual``
+    Fusion: the Chen-Varshney distortion of ``F`` from both sources (:func:`chen_varshney`, the
+    quantity the paper's Q_CV metric reports, in squared ``[0, 1]`` units); off by default. The
+    SSIM and max terms leave ``F`` wherever their compromise lands; this term says how far from
+    each source a reader perceives it, weighted by where that source has edges.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class LossWeights:
     ssim: float = 1.0
     intensity: float = 1.0
     gradient: float = 2.0
+    perceptual: float = 0.0
     fusion_target: str = "aligned"
 
     @classmethod
@@ -113,6 +119,42 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     k = torch.stack([kx, kx.t()])[:, None]
     g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
     return torch.sqrt((g**2).sum(dim=1, keepdim=True) + 1e-12)
+
+
+def mannos_sakrison(shape: tuple[int, int], reference_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
+    """Mannos-Sakrison contrast sensitivity on the FFT grid of an image of ``shape``.
+
+    Q_CV's reference code maps frequency index ``k`` of a ``size``-pixel image to ``k / 4``
+    cycles per degree, so the same pixel pattern counts differently in a 128-pixel crop and in
+    the 256-pixel image the metric scores. Here frequency is taken per pixel and mapped as the
+    metric maps it at ``reference_size``, so a crop is filtered as the full image would be.
+    """
+    h, w = shape
+    u = torch.fft.fftfreq(w, device=device) * 2.0 * (reference_size / 8.0)
+    v = torch.fft.fftfreq(h, device=device) * 2.0 * (reference_size / 8.0)
+    r = torch.hypot(u[None, :], v[:, None])
+    return 2.6 * (0.0192 + 0.144 * r) * torch.exp(-((0.144 * r) ** 1.1))
+
+
+def chen_varshney(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, window: int = 16) -> torch.Tensor:
+    """Differentiable Chen-Varshney distortion of ``fused`` from ``a`` and ``b``, per batch item.
+
+    As :func:`bsafusion.evaluation.metrics.fusion.q_cv` (``alpha = 1``): per ``window``-sized
+    block, the mean square of ``X - F`` filtered by the contrast sensitivity function, weighted
+    by the block's Sobel edge strength in ``X``, summed over both sources and normalised by the
+    total weight. Two differences keep it a smooth training term: intensities stay in
+    ``[0, 1]`` (the metric's value divided by ``255**2``) and the Sobel filter pads by
+    replication (the metric pads with zeros, which only changes border blocks). The image
+    sides must be multiples of ``window``.
+    """
+    csf = mannos_sakrison(fused.shape[-2:], device=fused.device).to(fused.dtype)
+    weighted, weights = 0.0, 0.0
+    for source in (a, b):
+        saliency = F.avg_pool2d(sobel_magnitude(source), window)
+        filtered = torch.fft.ifft2(torch.fft.fft2(source - fused) * csf).real
+        weighted = weighted + (saliency * F.avg_pool2d(filtered * filtered, window)).flatten(1).sum(dim=1)
+        weights = weights + saliency.flatten(1).sum(dim=1)
+    return weighted / weights.clamp_min(1e-12)
 
 
 # --------------------------------------------------------------------------- the loss
@@ -175,6 +217,8 @@ def compute_losses(out: BSFAFOutput, batch: dict[str, torch.Tensor], weights: Lo
     if weights.gradient:
         target = torch.maximum(sobel_magnitude(fixed), sobel_magnitude(other))
         terms["gradient"] = (sobel_magnitude(fused) - target).abs().mean()
+    if weights.perceptual:
+        terms["perceptual"] = chen_varshney(fused, fixed, other).mean()
 
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     terms["total"] = total

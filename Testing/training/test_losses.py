@@ -1,0 +1,45 @@
+"""The differentiable Chen-Varshney term against the Q_CV metric it trains for."""
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from bsafusion.evaluation.metrics.fusion import q_cv
+from bsafusion.training.losses import chen_varshney
+
+
+def _images(size: int = 256) -> list[np.ndarray]:
+    """Three smooth images that are black at the border, as brain slices are."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:size, :size] / size
+    disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.16
+    return [ndimage.gaussian_filter(rng.random((size, size)), 3) * disc for _ in range(3)]
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x.astype(np.float64))[None, None]
+
+
+def test_chen_varshney_is_q_cv_in_unit_intensities():
+    fused, a, b = _images()
+    expected = q_cv(fused, a, b) / 255.0**2
+    assert abs(float(chen_varshney(*map(_tensor, (fused, a, b)))) - expected) < 0.01 * expected
+
+
+def test_a_crop_is_filtered_as_the_full_image_would_be():
+    """The same 128-pixel block scores alike whether it is a crop or a quarter of a 256 image."""
+    fused, a, b = (np.tile(x[64:192, 64:192], (2, 2)) for x in _images())
+    crop = chen_varshney(*(_tensor(x[:128, :128]) for x in (fused, a, b)))
+    whole = chen_varshney(*map(_tensor, (fused, a, b)))
+    assert abs(float(crop) - float(whole)) < 0.01 * float(whole)
+
+
+def test_descending_it_lowers_q_cv():
+    fused, a, b = _images()
+    f = _tensor(fused).requires_grad_(True)
+    optimiser = torch.optim.Adam([f], lr=0.01)
+    for _ in range(20):
+        optimiser.zero_grad()
+        chen_varshney(f, _tensor(a), _tensor(b)).sum().backward()
+        optimiser.step()
+    assert q_cv(f.detach()[0, 0].numpy(), a, b) < 0.5 * q_cv(fused, a, b)

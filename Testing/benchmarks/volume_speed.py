@@ -1,6 +1,6 @@
 """Time and peak memory of the 3D volume pipeline on a 256 x 256 x 150 synthetic pair.
 
-Target: at most 60 s and 4 GB on 2 CPU cores, with a per-stage breakdown
+Targets: at most 30 s and 4 GB on 2 CPU cores, with a per-stage breakdown
 (pre-alignment, network, export, and writing the files).
 
 The pair is the product's 3D head phantom: a T2-like MRI (fixed) and a CT in Hounsfield

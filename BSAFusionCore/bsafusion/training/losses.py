@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from bsafusion.config import check_known_keys
 from bsafusion.deform import compose, diffusion
+from bsafusion.evaluation.metrics.fusion import mannos_sakrison
 from bsafusion import modality as modalities
 from bsafusion.model.descriptors import gaussian_window, mind_descriptor
 from bsafusion.model.network import BSFAFOutput
@@ -121,21 +122,6 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((g**2).sum(dim=1, keepdim=True) + 1e-12)
 
 
-def mannos_sakrison(shape: tuple[int, int], reference_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
-    """Mannos-Sakrison contrast sensitivity on the FFT grid of an image of ``shape``.
-
-    Q_CV's reference code maps frequency index ``k`` of a ``size``-pixel image to ``k / 4``
-    cycles per degree, so the same pixel pattern counts differently in a 128-pixel crop and in
-    the 256-pixel image the metric scores. Here frequency is taken per pixel and mapped as the
-    metric maps it at ``reference_size``, so a crop is filtered as the full image would be.
-    """
-    h, w = shape
-    u = torch.fft.fftfreq(w, device=device) * 2.0 * (reference_size / 8.0)
-    v = torch.fft.fftfreq(h, device=device) * 2.0 * (reference_size / 8.0)
-    r = torch.hypot(u[None, :], v[:, None])
-    return 2.6 * (0.0192 + 0.144 * r) * torch.exp(-((0.144 * r) ** 1.1))
-
-
 def chen_varshney(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, window: int = 16) -> torch.Tensor:
     """Differentiable Chen-Varshney distortion of ``fused`` from ``a`` and ``b``, per batch item.
 
@@ -147,7 +133,8 @@ def chen_varshney(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, window:
     replication (the metric pads with zeros, which only changes border blocks). The image
     sides must be multiples of ``window``.
     """
-    csf = mannos_sakrison(fused.shape[-2:], device=fused.device).to(fused.dtype)
+    # the crops are filtered as the 256-pixel images the metric scores
+    csf = torch.from_numpy(mannos_sakrison(tuple(fused.shape[-2:]), reference_size=256)).to(fused)
     weighted, weights = 0.0, 0.0
     for source in (a, b):
         saliency = F.avg_pool2d(sobel_magnitude(source), window)

@@ -34,7 +34,7 @@ from bsafusion.errors import InputError
 from bsafusion.checks import as_images, check_data_range, check_int, check_min_size
 from bsafusion.evaluation.metrics.registration import ssim
 
-__all__ = ["q_abf", "q_cv", "q_vif", "q_s", "q_ssim"]
+__all__ = ["q_abf", "q_cv", "q_vif", "q_s", "q_ssim", "mannos_sakrison"]
 
 _NAMES = ("fused", "a", "b")
 
@@ -181,16 +181,19 @@ def _block_reduce(x: np.ndarray, size: int, func) -> np.ndarray:
     return np.array([[func(x[i : i + size, j : j + size]) for j in cols] for i in rows])
 
 
-def _mannos_sakrison(shape: tuple[int, int]) -> np.ndarray:
+def mannos_sakrison(shape: tuple[int, int], reference_size: int | None = None) -> np.ndarray:
     """Mannos-Sakrison CSF sampled on the (unshifted) FFT grid of an image of ``shape``.
 
     Frequencies follow the reference implementation of Q_CV: normalised frequency
     (Nyquist = 1, MATLAB ``freqspace``) times ``size / 8``, i.e. ``k / 4`` cycles per degree
-    for integer frequency index ``k`` (cycles per image).
+    for integer frequency index ``k`` (cycles per image). The same pixel pattern therefore
+    counts differently in a 128-pixel crop and in a 256-pixel image; with ``reference_size``
+    every axis is mapped as that size's would be (frequency per pixel times
+    ``reference_size / 4``), so a crop is filtered as the full image it came from.
     """
     h, w = shape
-    u = np.fft.fftfreq(w) * 2.0 * (w / 8.0)
-    v = np.fft.fftfreq(h) * 2.0 * (h / 8.0)
+    u = np.fft.fftfreq(w) * 2.0 * ((reference_size or w) / 8.0)
+    v = np.fft.fftfreq(h) * 2.0 * ((reference_size or h) / 8.0)
     r = np.hypot(u[None, :], v[:, None])
     return 2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1))
 
@@ -270,7 +273,7 @@ def q_cv(
     fused, a, b = _to_8bit_scale(data_range, fused, a, b)
 
     lam = [_block_reduce(np.hypot(*_sobel(x)) ** alpha, window, np.sum) for x in (a, b)]
-    csf = _mannos_sakrison(fused.shape)
+    csf = mannos_sakrison(fused.shape)
     dist = []
     for x in (a, b):
         filtered = np.real(np.fft.ifft2(np.fft.fft2(x - fused) * csf))

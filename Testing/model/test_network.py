@@ -234,3 +234,27 @@ def test_matching_registers_before_training_when_the_translation_is_exact():
     before = target.norm(dim=1)[0][head].mean()
     after = (out.field_ba - target).norm(dim=1)[0][head].mean()
     assert after < 0.5 * before, (float(before), float(after))
+
+
+def test_translator_reads_the_inputs_its_switches_name():
+    cfg = dict(TINY.to_dict(), pyramid_channels=TINY.pyramid_channels, translation=True)
+    with pytest.raises(ValueError, match="need translation"):
+        ModelConfig(**{**cfg, "translation": False, "translator_features": True})
+    a, b = _pair(n=1)
+    seen = {}
+    for name, switches in {"plain": {}, "features": {"translator_features": True},
+                           "moving": {"translator_moving_tokens": True}}.items():
+        model = BSFAF(ModelConfig(**{**cfg, **switches})).eval()
+        model.translator.register_forward_hook(lambda module, args, output, name=name: seen.update({name: args}))
+        with torch.no_grad():
+            deep_a = model.encoder(torch.cat([a, b])).deep[:1]
+            model(a, b)
+        seen[name] += (deep_a,)
+    image, tokens_a, features, tokens_b, _ = seen["plain"]
+    assert torch.equal(image, a) and features is None and tokens_b is None
+    _, _, features, tokens_b, _ = seen["moving"]
+    assert features is None and tokens_b.shape == tokens_a.shape and not torch.equal(tokens_b, tokens_a)
+    _, _, features, tokens_b, deep_a = seen["features"]
+    assert tokens_b is None and torch.equal(features, deep_a)  # A's deep features, not B's
+    with pytest.raises(ValueError, match="optional inputs"):
+        model.translator(a, tokens_a)

@@ -1,11 +1,11 @@
-"""The differentiable Chen-Varshney term against the Q_CV metric it trains for."""
+"""The differentiable Chen-Varshney and VIFF terms against the Q_CV and Q_VIF metrics they train for."""
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from bsafusion.evaluation.metrics.fusion import q_cv
-from bsafusion.training.losses import chen_varshney
+from bsafusion.evaluation.metrics.fusion import q_cv, q_vif
+from bsafusion.training.losses import chen_varshney, viff
 
 
 def _images(size: int = 256) -> list[np.ndarray]:
@@ -43,3 +43,22 @@ def test_descending_it_lowers_q_cv():
         chen_varshney(f, _tensor(a), _tensor(b)).sum().backward()
         optimiser.step()
     assert q_cv(f.detach()[0, 0].numpy(), a, b) < 0.5 * q_cv(fused, a, b)
+
+
+def test_viff_is_q_vif():
+    fused, a, b = _images()
+    fused = 0.6 * fused + 0.3 * a  # distinct gains from the two sources
+    expected = q_vif(fused, a, b)
+    assert abs(float(viff(*map(_tensor, (fused, a, b)))) - expected) < 1e-3 * expected
+
+
+def test_ascending_viff_raises_q_vif():
+    fused, a, b = _images(128)
+    f = _tensor(0.5 * (a + b)).float().requires_grad_(True)
+    optimiser = torch.optim.Adam([f], lr=0.005)
+    for _ in range(20):
+        optimiser.zero_grad()
+        (-viff(f, _tensor(a).float(), _tensor(b).float())).sum().backward()
+        assert torch.isfinite(f.grad).all()
+        optimiser.step()
+    assert q_vif(f.detach()[0, 0].double().numpy(), a, b) > q_vif(0.5 * (a + b), a, b) + 0.05

@@ -42,6 +42,11 @@ Terms (the ``name`` is the key in the loss dictionary and the CSV log):
     quantity the paper's Q_CV metric reports, in squared ``[0, 1]`` units); off by default. The
     SSIM and max terms leave ``F`` wherever their compromise lands; this term says how far from
     each source a reader perceives it, weighted by where that source has edges.
+``information``
+    Fusion: ``1 - VIFF`` (:func:`viff`, the visual information fidelity that the paper's Q_VIF
+    metric reports); off by default. VIFF counts, per window, how much of a source's signal
+    survives in ``F`` with its contrast; it rewards the local contrast that the max and SSIM
+    terms average away.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ import torch.nn.functional as F
 
 from bsafusion.config import check_known_keys
 from bsafusion.deform import compose, diffusion
-from bsafusion.evaluation.metrics.fusion import mannos_sakrison
+from bsafusion.evaluation.metrics.fusion import VIFF_CONSTANTS, mannos_sakrison
 from bsafusion import modality as modalities
 from bsafusion.model.descriptors import gaussian_window, mind_descriptor
 from bsafusion.model.network import BSFAFOutput
@@ -83,6 +88,7 @@ class LossWeights:
     intensity: float = 1.0
     gradient: float = 2.0
     perceptual: float = 0.0
+    information: float = 0.0
     fusion_target: str = "aligned"
 
     @classmethod
@@ -142,6 +148,59 @@ def chen_varshney(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, window:
         weighted = weighted + (saliency * F.avg_pool2d(filtered * filtered, window)).flatten(1).sum(dim=1)
         weights = weights + saliency.flatten(1).sum(dim=1)
     return weighted / weights.clamp_min(1e-12)
+
+
+def _gaussian_valid(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Separable Gaussian filter (``sigma = size / 5``), 'valid' part only, as VIFF filters."""
+    t = torch.arange(size, dtype=x.dtype, device=x.device) - size // 2
+    k = torch.exp(-(t * t) / (2.0 * (size / 5.0) ** 2))
+    k = k / k.sum()
+    return F.conv2d(F.conv2d(x, k.view(1, 1, -1, 1)), k.view(1, 1, 1, -1))
+
+
+def _viff_maps(ref: torch.Tensor, dist: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per scale: (VID, VIND, gain) maps of ``dist`` against ``ref`` in 8-bit units."""
+    c = VIFF_CONSTANTS
+    out = []
+    for scale in range(1, 5):
+        n = 2 ** (4 - scale + 1) + 1  # 17, 9, 5, 3
+        if scale > 1:
+            ref = _gaussian_valid(ref, n)[..., ::2, ::2]
+            dist = _gaussian_valid(dist, n)[..., ::2, ::2]
+        mu1, mu2 = _gaussian_valid(ref, n), _gaussian_valid(dist, n)
+        s1 = (_gaussian_valid(ref * ref, n) - mu1 * mu1).clamp_min(0.0)
+        s2 = (_gaussian_valid(dist * dist, n) - mu2 * mu2).clamp_min(0.0)
+        s12 = _gaussian_valid(ref * dist, n) - mu1 * mu2
+        flat1, flat2 = s1 < c["eps"], s2 < c["eps"]
+        # flat windows carry no information; their gain is 0 and must not send a gradient
+        g = s12 / torch.where(flat1, torch.ones_like(s1), s1)
+        valid = ~flat1 & ~flat2 & (g >= 0)
+        g = torch.where(valid, g, torch.zeros_like(g))
+        sv = torch.where(valid, s2 - g * s12, torch.where(flat2, torch.zeros_like(s2), s2)).clamp_min(c["eps"])
+        s1 = torch.where(flat1, torch.zeros_like(s1), s1)
+        vid = torch.log10(1.0 + g * g * s1 / (sv + c["noise_var"]))
+        vind = torch.log10(1.0 + s1 / c["noise_var"])
+        out.append((vid, vind, g))
+    return out
+
+
+def viff(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Differentiable VIFF (Han et al. 2013) of ``fused`` from ``a`` and ``b``, per batch item.
+
+    As :func:`bsafusion.evaluation.metrics.fusion.q_vif` on ``[0, 1]`` images: four scales of
+    the Sheikh-Bovik channel model, at each pixel the source with the smaller gain (the
+    choice itself carries no gradient), scale scores weighted as the metric weights them.
+    Needs sides of at least 41 pixels, as the metric does.
+    """
+    c = VIFF_CONSTANTS
+    scaled = [255.0 * x for x in (fused, a, b)]
+    maps_a, maps_b = _viff_maps(scaled[1], scaled[0]), _viff_maps(scaled[2], scaled[0])
+    score = 0.0
+    for weight, (vid_a, vind_a, g_a), (vid_b, vind_b, g_b) in zip(c["scale_weights"], maps_a, maps_b):
+        take_a = g_a < g_b
+        vid, vind = torch.where(take_a, vid_a, vid_b), torch.where(take_a, vind_a, vind_b)
+        score = score + weight * (vid + c["c"]).flatten(1).sum(dim=1) / (vind + c["c"]).flatten(1).sum(dim=1)
+    return score
 
 
 # --------------------------------------------------------------------------- the loss
@@ -206,6 +265,8 @@ def compute_losses(out: BSFAFOutput, batch: dict[str, torch.Tensor], weights: Lo
         terms["gradient"] = (sobel_magnitude(fused) - target).abs().mean()
     if weights.perceptual:
         terms["perceptual"] = chen_varshney(fused, fixed, other).mean()
+    if weights.information:
+        terms["information"] = 1.0 - viff(fused, fixed, other).mean()
 
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     terms["total"] = total

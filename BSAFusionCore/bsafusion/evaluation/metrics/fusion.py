@@ -287,10 +287,15 @@ def q_cv(
 # --------------------------------------------------------------------------------------------
 # Q_VIF (VIFF)
 # --------------------------------------------------------------------------------------------
-_VIFF_SCALE_WEIGHTS = np.array([1.0, 0.0, 0.15, 1.0]) / 2.15
-_VIFF_NOISE_VAR = 0.005 * 255.0 * 255.0  # visual noise sigma_n^2 for 8-bit grey levels
-_VIFF_EPS = 1e-10
-_VIFF_C = 1e-7
+#: VIFF's constants, shared with its differentiable training version (``training.losses.viff``):
+#: scale weights, visual noise sigma_n^2 for 8-bit grey levels, the flat-window guard and the
+#: additive constant of the scale scores.
+VIFF_CONSTANTS = {"scale_weights": (1.0 / 2.15, 0.0, 0.15 / 2.15, 1.0 / 2.15), "noise_var": 0.005 * 255.0 * 255.0,
+                  "eps": 1e-10, "c": 1e-7}
+_VIFF_SCALE_WEIGHTS = np.array(VIFF_CONSTANTS["scale_weights"])
+_VIFF_NOISE_VAR = VIFF_CONSTANTS["noise_var"]
+_VIFF_EPS = VIFF_CONSTANTS["eps"]
+_VIFF_C = VIFF_CONSTANTS["c"]
 _VIFF_MIN_SIZE = 41  # smallest side for which the 4th scale is not empty
 
 

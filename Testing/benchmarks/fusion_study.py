@@ -16,7 +16,10 @@ exactly flat there too), and the number of grey levels the network leaves in tha
 
 Usage (repository root, ``../shared`` beside it)::
 
-    python Testing/benchmarks/fusion_study.py [--weights FILE] [--max-cases 20] [--scatter fusion_study.png]
+    python Testing/benchmarks/fusion_study.py [--weights FILE] [--modalities PET ...] [--max-cases 20]
+        [--scatter fusion_study.png]
+
+``--weights`` with a file trained for one modality needs ``--modalities`` naming it.
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ def _flat_windows(fixed: np.ndarray, truth: np.ndarray, window: int = 8) -> floa
     return float((flat(fixed) & flat(truth)).mean())
 
 
-def study(weights: str | None, max_cases: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[float]]]:
+def study(weights: str | None, max_cases: int, modalities: list[str]
+          ) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[float]]]:
     """Per modality: version -> metric -> per-case values; and the background statistics."""
     scores: dict[str, dict[str, list[float]]] = {}
     background: dict[str, list[float]] = {}
-    for modality in MOVING:
+    for modality in modalities:
         pairs = validation_pairs(VAL_ROOT, modality)
         raw = Fuser(modality, weights, device="cpu", keep_background=False)
         product = Fuser(modality, weights, device="cpu")
@@ -73,16 +77,21 @@ def study(weights: str | None, max_cases: int) -> tuple[dict[str, dict[str, list
     return scores, background
 
 
+def _modalities(keyed: dict[str, object]) -> list[str]:
+    """The modalities of ``"modality|version"`` keys, in the order they were scored."""
+    return list(dict.fromkeys(key.split("|")[0] for key in keyed))
+
+
 def table(scores: dict[str, dict[str, list[float]]], background: dict[str, list[float]]) -> str:
     names = list(FUSION_METRICS)
     lines = ["| modality | version | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
-    for modality in MOVING:
+    for modality in _modalities(scores):
         for version in VERSIONS:
             values = scores[f"{modality}|{version}"]
             lines.append(f"| {modality} | {version} | " + " | ".join(f"{np.mean(values[n]):.3f}" for n in names) + " |")
     lines += ["", "| modality | pairs | windows flat in both sources | grey levels the network leaves there (mean) |",
               "|---|---:|---:|---:|"]
-    for modality in MOVING:
+    for modality in _modalities(background):
         flat = background[f"{modality}|flat"]
         lines.append(f"| {modality} | {len(flat)} | {100 * np.mean(flat):.1f} % | {np.mean(background[f'{modality}|levels']):.1f} |")
     return "\n".join(lines)
@@ -96,7 +105,7 @@ def scatter(scores: dict[str, dict[str, list[float]]], path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4))
     for ax, metric in zip(axes, ("q_s", "q_vif")):
-        for modality in MOVING:
+        for modality in _modalities(scores):
             ax.scatter(scores[f"{modality}|network"][metric], scores[f"{modality}|product"][metric], s=12, label=modality)
         low, high = ax.get_xlim()
         ax.plot([low, high], [low, high], "k--", lw=0.8)
@@ -111,12 +120,14 @@ def scatter(scores: dict[str, dict[str, list[float]]], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", help="model file (default: the shipped weights)")
+    parser.add_argument("--modalities", nargs="+", choices=MOVING, default=list(MOVING),
+                        help="moving modalities to score (default: all)")
     parser.add_argument("--max-cases", type=int, default=20, help="validation pairs per modality (default 20)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--scatter", help="write the per-case Q_S / Q_VIF scatter plot here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    scores, background = study(args.weights, args.max_cases)
+    scores, background = study(args.weights, args.max_cases, args.modalities)
     print(table(scores, background))
     if args.scatter:
         scatter(scores, args.scatter)

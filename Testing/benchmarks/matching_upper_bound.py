@@ -8,8 +8,9 @@ with three choices of ``B_hat``:
 
 * ``mri``: the fixed MRI itself (what matching across contrasts gives);
 * ``truth``: the aligned moving image (a perfect translation: the upper bound of matching);
-* ``trained``: the translation of a trained model (``--weights``), with its trained layers
-  too, i.e. the network as shipped.
+* ``translated``: the translation of a trained model (``--weights``) with untrained
+  registration layers: how much that ``B_hat`` is worth to matching alone;
+* ``trained``: the same model with its trained layers too, i.e. the network as shipped.
 
 Prints mean NCC of the aligned moving image against the truth, the unregistered NCC, the
 endpoint error against the drawn field (and of the identity), and the share of pairs improved.
@@ -43,9 +44,9 @@ def run(model: BSFAF, pairs: list[dict], source: str) -> np.ndarray:
     rows = []
     for item in pairs:
         fixed, moving, truth = item["fixed"][None], item["moving"][None], item["moving_aligned"][None]
-        if source != "trained":
+        if source in ("mri", "truth"):
             given = fixed if source == "mri" else truth
-            model.translator.forward = lambda image_a, tokens, given=given: given
+            model.translator.forward = lambda *inputs, given=given: given
         with torch.no_grad():
             out = model(fixed, moving)
         aligned = warp(moving, out.field_ba, padding="border")
@@ -57,7 +58,8 @@ def run(model: BSFAF, pairs: list[dict], source: str) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, help="a trained model with a translator (adds the 'trained' rows)")
+    parser.add_argument("--weights", type=Path,
+                        help="a trained model with a translator (adds the 'translated' and 'trained' rows)")
     parser.add_argument("--max-cases", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [data[i] for i in range(min(len(data), args.max_cases))]
         models = {"mri": None, "truth": None}
         if args.weights:
+            models["translated"] = checkpoint.load_model(args.weights)
+            models["translated"].bsfa.load_state_dict(BSFAF(models["translated"].cfg).bsfa.state_dict())
             models["trained"] = checkpoint.load_model(args.weights)
         for source, model in models.items():
             if model is None:

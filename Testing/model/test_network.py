@@ -236,25 +236,21 @@ def test_matching_registers_before_training_when_the_translation_is_exact():
     assert after < 0.5 * before, (float(before), float(after))
 
 
-def test_translator_reads_the_inputs_its_switches_name():
+def test_translator_reads_the_moving_tokens_only_when_configured():
     cfg = dict(TINY.to_dict(), pyramid_channels=TINY.pyramid_channels, translation=True)
-    with pytest.raises(ValueError, match="need translation"):
-        ModelConfig(**{**cfg, "translation": False, "translator_features": True})
+    with pytest.raises(ValueError, match="needs translation"):
+        ModelConfig(**{**cfg, "translation": False, "translator_moving_tokens": True})
     a, b = _pair(n=1)
     seen = {}
-    for name, switches in {"plain": {}, "features": {"translator_features": True},
-                           "moving": {"translator_moving_tokens": True}}.items():
-        model = BSFAF(ModelConfig(**{**cfg, **switches})).eval()
-        model.translator.register_forward_hook(lambda module, args, output, name=name: seen.update({name: args}))
+    for moving_tokens in (False, True):
+        model = BSFAF(ModelConfig(**{**cfg, "translator_moving_tokens": moving_tokens})).eval()
+        model.translator.register_forward_hook(
+            lambda module, args, output, key=moving_tokens: seen.update({key: args}))
         with torch.no_grad():
-            deep_a = model.encoder(torch.cat([a, b])).deep[:1]
             model(a, b)
-        seen[name] += (deep_a,)
-    image, tokens_a, features, tokens_b, _ = seen["plain"]
-    assert torch.equal(image, a) and features is None and tokens_b is None
-    _, _, features, tokens_b, _ = seen["moving"]
-    assert features is None and tokens_b.shape == tokens_a.shape and not torch.equal(tokens_b, tokens_a)
-    _, _, features, tokens_b, deep_a = seen["features"]
-    assert tokens_b is None and torch.equal(features, deep_a)  # A's deep features, not B's
-    with pytest.raises(ValueError, match="optional inputs"):
+    image, tokens_a, *rest = seen[False]
+    assert torch.equal(image, a) and rest in ([], [None])
+    _, tokens_a, tokens_b = seen[True]
+    assert tokens_b.shape == tokens_a.shape and not torch.equal(tokens_b, tokens_a)
+    with pytest.raises(ValueError, match="exactly when"):
         model.translator(a, tokens_a)

@@ -111,12 +111,13 @@ def test_warm_start_of_a_translator_with_more_inputs_starts_where_its_source_was
     source = BSFAF(RunConfig.from_dict({"model": source_cfg}).model).eval()
     checkpoint.save(tmp_path / "source.pt", source, "CT")
     cfg = RunConfig.from_dict({**_config(phantom_root, tmp_path / "run", init_weights=str(tmp_path / "source.pt")).to_dict(),
-                               "model": {**source_cfg, "translator_features": True, "translator_moving_tokens": True}})
+                               "model": {**source_cfg, "translator_moving_tokens": True}})
     trainer = Trainer(cfg, progress=False)
     variant = trainer.model.eval()
     assert trainer.initialised_from == len(source.state_dict())  # the grown kernels are taken too
-    first = variant.translator.down[0][0][0].weight
-    assert first.shape[1] == 1 + TINY_MODEL["channels"] and first[:, 1:].abs().max() == 0
+    grown, old = variant.translator.bottleneck[0].weight, source.translator.bottleneck[0].weight
+    assert grown.shape[1] == old.shape[1] + TINY_MODEL["embed_dim"]
+    assert torch.equal(grown[:, : old.shape[1]], old) and grown[:, old.shape[1]:].abs().max() == 0
     a, b = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         before, after = source(a, b), variant(a, b)

@@ -234,23 +234,3 @@ def test_matching_registers_before_training_when_the_translation_is_exact():
     before = target.norm(dim=1)[0][head].mean()
     after = (out.field_ba - target).norm(dim=1)[0][head].mean()
     assert after < 0.5 * before, (float(before), float(after))
-
-
-def test_translator_reads_the_moving_tokens_only_when_configured():
-    cfg = dict(TINY.to_dict(), pyramid_channels=TINY.pyramid_channels, translation=True)
-    with pytest.raises(ValueError, match="needs translation"):
-        ModelConfig(**{**cfg, "translation": False, "translator_moving_tokens": True})
-    a, b = _pair(n=1)
-    seen = {}
-    for moving_tokens in (False, True):
-        model = BSFAF(ModelConfig(**{**cfg, "translator_moving_tokens": moving_tokens})).eval()
-        model.translator.register_forward_hook(
-            lambda module, args, output, key=moving_tokens: seen.update({key: args}))
-        with torch.no_grad():
-            model(a, b)
-    image, tokens_a, *rest = seen[False]
-    assert torch.equal(image, a) and rest in ([], [None])
-    _, tokens_a, tokens_b = seen[True]
-    assert tokens_b.shape == tokens_a.shape and not torch.equal(tokens_b, tokens_a)
-    with pytest.raises(ValueError, match="exactly when"):
-        model.translator(a, tokens_a)

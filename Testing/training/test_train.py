@@ -105,27 +105,6 @@ def test_bad_weights_are_input_errors(tmp_path):
         checkpoint.load_model(tmp_path / "absent.pt")
 
 
-def test_warm_start_of_a_translator_with_more_inputs_starts_where_its_source_was(phantom_root, tmp_path):
-    source_cfg = {**TINY_MODEL, "translation": True}
-    torch.manual_seed(0)
-    source = BSFAF(RunConfig.from_dict({"model": source_cfg}).model).eval()
-    checkpoint.save(tmp_path / "source.pt", source, "CT")
-    cfg = RunConfig.from_dict({**_config(phantom_root, tmp_path / "run", init_weights=str(tmp_path / "source.pt")).to_dict(),
-                               "model": {**source_cfg, "translator_moving_tokens": True}})
-    trainer = Trainer(cfg, progress=False)
-    variant = trainer.model.eval()
-    assert trainer.initialised_from == len(source.state_dict())  # the grown kernels are taken too
-    grown, old = variant.translator.bottleneck[0].weight, source.translator.bottleneck[0].weight
-    assert grown.shape[1] == old.shape[1] + TINY_MODEL["embed_dim"]
-    assert torch.equal(grown[:, : old.shape[1]], old) and grown[:, old.shape[1]:].abs().max() == 0
-    a, b = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
-    with torch.no_grad():
-        before, after = source(a, b), variant(a, b)
-    # equal up to the summation order of a convolution with more (zero) terms
-    assert torch.allclose(before.translation, after.translation, atol=1e-6)
-    assert torch.allclose(before.field_ba, after.field_ba, atol=1e-6)
-
-
 def _held_back_ncc(model, pairs):
     scores = []
     with torch.no_grad():

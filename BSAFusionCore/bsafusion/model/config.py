@@ -46,7 +46,6 @@ class ModelConfig:
     translation: decode ``B_hat`` (A in B's modality, :mod:`bsafusion.model.translation`) from
         A's alignment features; with ``mind_guidance`` the A side of the MIND evidence is then
         ``B_hat`` instead of A, so the registration layers compare like with like.
-    translator_moving_tokens: the translator's bottleneck also reads B's alignment tokens.
     matching: block matching of those MIND descriptors gives every registration layer a
         starting velocity and its evidence (:class:`~bsafusion.model.bsfa.MatchingPrior`).
     exchange: inject each image's MFRH into the other's tokens (MDF-FR exchange).
@@ -67,7 +66,6 @@ class ModelConfig:
     correlation_radius: int = 3
     mind_guidance: bool = True
     translation: bool = False
-    translator_moving_tokens: bool = False
     matching: bool = False
     exchange: bool = True
     bsfa: bool = True
@@ -82,8 +80,6 @@ class ModelConfig:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.matching and not self.mind_guidance:
             raise ValueError("matching needs mind_guidance (it matches the MIND descriptors)")
-        if self.translator_moving_tokens and not self.translation:
-            raise ValueError("translator_moving_tokens needs translation")
         if not (self.frl or self.rrl):
             raise ValueError("at least one of frl / rrl must be enabled")
 

@@ -86,8 +86,7 @@ class BSFAF(nn.Module):
         self.bsfa = BSFA(self.cfg)
         self.mmff = MMFF(self.cfg)
         self.translator = (
-            ModalityTranslator(self.cfg.channels, self.cfg.embed_dim, self.cfg.patch_size, self.cfg.translator_moving_tokens)
-            if self.cfg.translation else None
+            ModalityTranslator(self.cfg.channels, self.cfg.embed_dim, self.cfg.patch_size) if self.cfg.translation else None
         )
 
     def register(self, fixed: torch.Tensor, moving: torch.Tensor) -> Registration:
@@ -152,7 +151,7 @@ class BSFAF(nn.Module):
         translation = None
         guide_a = fixed
         if self.translator is not None:
-            translation = self.translator(fixed, token_map[:n], token_map[n:] if self.cfg.translator_moving_tokens else None)
+            translation = self.translator(fixed, token_map[:n])
             # detached: the translation learns from its own loss, not by bending towards
             # whatever makes the registration loss smaller
             guide_a = translation.detach()

@@ -17,12 +17,6 @@ only between images of one contrast (``Testing/benchmarks/matching_upper_bound.p
 
 The output layer is linear, not a sigmoid: with L1 on mostly black images a sigmoid output
 collapses to black early and does not recover.
-
-With ``ModelConfig.translator_moving_tokens`` B's alignment tokens join A's at the
-bottleneck: B's own regional contrast (uptake) on a grid whose cells (8 px) are larger than
-the misalignment, which A's anatomy cannot predict. They are appended *after* A's tokens, so
-that a translator trained without them is warm-started exactly by zero weights on the new
-channels (``training.train`` does that).
 """
 
 from __future__ import annotations
@@ -37,11 +31,10 @@ from bsafusion.model.blocks import cat_channels, channels_last, conv_block
 
 
 class ModalityTranslator(nn.Module):
-    """U-Net ``A -> B_hat`` with A's (and, with ``moving_tokens``, B's) alignment tokens joined at the bottleneck."""
+    """U-Net ``A -> B_hat`` with A's alignment tokens joined at the bottleneck."""
 
-    def __init__(self, channels: int, token_dim: int, patch_size: int, moving_tokens: bool = False) -> None:
+    def __init__(self, channels: int, token_dim: int, patch_size: int) -> None:
         super().__init__()
-        self.moving_tokens = moving_tokens
         depth = int(round(math.log2(patch_size)))
         if 2**depth != patch_size:
             raise ValueError(f"the translator needs a power-of-two patch size, got {patch_size}")
@@ -50,19 +43,17 @@ class ModalityTranslator(nn.Module):
             [nn.Sequential(conv_block(1, widths[0]), conv_block(widths[0], widths[0]))]
             + [conv_block(widths[k - 1], widths[k]) for k in range(1, depth + 1)]
         )
-        self.bottleneck = conv_block(widths[-1] + token_dim * (2 if moving_tokens else 1), widths[-1])
+        self.bottleneck = conv_block(widths[-1] + token_dim, widths[-1])
         self.up = nn.ModuleList(conv_block(widths[k + 1] + widths[k], widths[k]) for k in reversed(range(depth)))
         self.out = nn.Conv2d(widths[0], 1, 3, padding=1)
 
-    def forward(self, image_a: torch.Tensor, token_map_a: torch.Tensor, token_map_b: torch.Tensor | None = None) -> torch.Tensor:
-        if (token_map_b is not None) != self.moving_tokens:
-            raise ValueError("B's tokens must be given exactly when the translator is built for them")
+    def forward(self, image_a: torch.Tensor, token_map_a: torch.Tensor) -> torch.Tensor:
         skips = []
         x = channels_last(image_a)  # one channel: free, and the convolutions below stay channels-last
         for k, block in enumerate(self.down):
             x = block(x if k == 0 else F.avg_pool2d(x, 2))
             skips.append(x)
-        x = self.bottleneck(cat_channels([x, token_map_a] + ([token_map_b] if token_map_b is not None else [])))
+        x = self.bottleneck(cat_channels([x, token_map_a]))
         for block, skip in zip(self.up, reversed(skips[:-1])):
             x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
             x = block(cat_channels([x, skip]))

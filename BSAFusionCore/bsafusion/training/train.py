@@ -217,20 +217,10 @@ def _load_matching(model: BSFAF, state: dict[str, torch.Tensor], source: str) ->
     """Start from another model's parameters where names and shapes match (fine-tuning, or
     warm-starting an architecture variant); the rest keeps its fresh initialisation.
 
-    A convolution whose variant reads more input channels (inputs appended after the old
-    ones) takes the old kernel for the leading channels and zeros for the new ones, so the
-    warm-started layer computes exactly what it did and learns to use the new inputs.
-
     Returns how many tensors were taken; none at all is an input error (wrong file).
     """
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    for k, v in state.items():
-        if k in own and v.ndim == 4 and own[k].shape[0] == v.shape[0] and own[k].shape[2:] == v.shape[2:] \
-                and own[k].shape[1] > v.shape[1]:
-            grown = torch.zeros_like(own[k])
-            grown[:, : v.shape[1]] = v
-            taken[k] = grown
     if not taken:
         raise InputError(f"{source}: no parameter matches this architecture")
     model.load_state_dict(taken, strict=False)

@@ -235,13 +235,3 @@ def test_matching_registers_before_training_when_the_translation_is_exact():
     after = (out.field_ba - target).norm(dim=1)[0][head].mean()
     assert after < 0.5 * before, (float(before), float(after))
 
-
-def test_translator_width_is_its_own_setting():
-    cfg = dict(TINY.to_dict(), pyramid_channels=TINY.pyramid_channels, translation=True)
-    default, wide = (BSFAF(ModelConfig(**{**cfg, "translator_channels": w})).eval() for w in (0, 12))
-    assert default.translator.down[0][0][0].out_channels == TINY.channels
-    assert wide.translator.down[0][0][0].out_channels == 12
-    encoder = default.encoder.state_dict()  # only the translator widens
-    assert {k: v.shape for k, v in wide.encoder.state_dict().items()} == {k: v.shape for k, v in encoder.items()}
-    with torch.no_grad():
-        assert wide(*_pair(n=1)).translation.shape == (1, 1, 64, 64)

@@ -46,8 +46,6 @@ class ModelConfig:
     translation: decode ``B_hat`` (A in B's modality, :mod:`bsafusion.model.translation`) from
         A's alignment features; with ``mind_guidance`` the A side of the MIND evidence is then
         ``B_hat`` instead of A, so the registration layers compare like with like.
-    translator_channels: width of the translator's full-resolution level (its U-Net widens by
-        that much per level); 0 means ``channels``.
     matching: block matching of those MIND descriptors gives every registration layer a
         starting velocity and its evidence (:class:`~bsafusion.model.bsfa.MatchingPrior`).
     exchange: inject each image's MFRH into the other's tokens (MDF-FR exchange).
@@ -68,7 +66,6 @@ class ModelConfig:
     correlation_radius: int = 3
     mind_guidance: bool = True
     translation: bool = False
-    translator_channels: int = 0
     matching: bool = False
     exchange: bool = True
     bsfa: bool = True

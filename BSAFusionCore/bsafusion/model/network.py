@@ -86,8 +86,7 @@ class BSFAF(nn.Module):
         self.bsfa = BSFA(self.cfg)
         self.mmff = MMFF(self.cfg)
         self.translator = (
-            ModalityTranslator(self.cfg.translator_channels or self.cfg.channels, self.cfg.embed_dim,
-                               self.cfg.patch_size) if self.cfg.translation else None
+            ModalityTranslator(self.cfg.channels, self.cfg.embed_dim, self.cfg.patch_size) if self.cfg.translation else None
         )
 
     def register(self, fixed: torch.Tensor, moving: torch.Tensor) -> Registration:

@@ -234,4 +234,3 @@ def test_matching_registers_before_training_when_the_translation_is_exact():
     before = target.norm(dim=1)[0][head].mean()
     after = (out.field_ba - target).norm(dim=1)[0][head].mean()
     assert after < 0.5 * before, (float(before), float(after))
-

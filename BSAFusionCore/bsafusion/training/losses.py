@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from bsafusion.config import check_known_keys
 from bsafusion.deform import compose, diffusion
-from bsafusion.evaluation.metrics.fusion import VIFF_CONSTANTS, mannos_sakrison
+from bsafusion.evaluation.metrics.fusion import VIFF_C, VIFF_EPS, VIFF_NOISE_VAR, VIFF_SCALE_WEIGHTS, mannos_sakrison
 from bsafusion import modality as modalities
 from bsafusion.model.descriptors import gaussian_window, mind_descriptor
 from bsafusion.model.network import BSFAFOutput
@@ -160,7 +160,6 @@ def _gaussian_valid(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _viff_maps(ref: torch.Tensor, dist: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per scale: (VID, VIND, gain) maps of ``dist`` against ``ref`` in 8-bit units."""
-    c = VIFF_CONSTANTS
     out = []
     for scale in range(1, 5):
         n = 2 ** (4 - scale + 1) + 1  # 17, 9, 5, 3
@@ -171,15 +170,15 @@ def _viff_maps(ref: torch.Tensor, dist: torch.Tensor) -> list[tuple[torch.Tensor
         s1 = (_gaussian_valid(ref * ref, n) - mu1 * mu1).clamp_min(0.0)
         s2 = (_gaussian_valid(dist * dist, n) - mu2 * mu2).clamp_min(0.0)
         s12 = _gaussian_valid(ref * dist, n) - mu1 * mu2
-        flat1, flat2 = s1 < c["eps"], s2 < c["eps"]
+        flat1, flat2 = s1 < VIFF_EPS, s2 < VIFF_EPS
         # flat windows carry no information; their gain is 0 and must not send a gradient
         g = s12 / torch.where(flat1, torch.ones_like(s1), s1)
         valid = ~flat1 & ~flat2 & (g >= 0)
         g = torch.where(valid, g, torch.zeros_like(g))
-        sv = torch.where(valid, s2 - g * s12, torch.where(flat2, torch.zeros_like(s2), s2)).clamp_min(c["eps"])
+        sv = torch.where(valid, s2 - g * s12, torch.where(flat2, torch.zeros_like(s2), s2)).clamp_min(VIFF_EPS)
         s1 = torch.where(flat1, torch.zeros_like(s1), s1)
-        vid = torch.log10(1.0 + g * g * s1 / (sv + c["noise_var"]))
-        vind = torch.log10(1.0 + s1 / c["noise_var"])
+        vid = torch.log10(1.0 + g * g * s1 / (sv + VIFF_NOISE_VAR))
+        vind = torch.log10(1.0 + s1 / VIFF_NOISE_VAR)
         out.append((vid, vind, g))
     return out
 
@@ -192,14 +191,13 @@ def viff(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     choice itself carries no gradient), scale scores weighted as the metric weights them.
     Needs sides of at least 41 pixels, as the metric does.
     """
-    c = VIFF_CONSTANTS
-    scaled = [255.0 * x for x in (fused, a, b)]
-    maps_a, maps_b = _viff_maps(scaled[1], scaled[0]), _viff_maps(scaled[2], scaled[0])
+    fused, a, b = (255.0 * x for x in (fused, a, b))
+    maps_a, maps_b = _viff_maps(a, fused), _viff_maps(b, fused)
     score = 0.0
-    for weight, (vid_a, vind_a, g_a), (vid_b, vind_b, g_b) in zip(c["scale_weights"], maps_a, maps_b):
+    for weight, (vid_a, vind_a, g_a), (vid_b, vind_b, g_b) in zip(VIFF_SCALE_WEIGHTS.tolist(), maps_a, maps_b):
         take_a = g_a < g_b
         vid, vind = torch.where(take_a, vid_a, vid_b), torch.where(take_a, vind_a, vind_b)
-        score = score + weight * (vid + c["c"]).flatten(1).sum(dim=1) / (vind + c["c"]).flatten(1).sum(dim=1)
+        score = score + weight * (vid + VIFF_C).flatten(1).sum(dim=1) / (vind + VIFF_C).flatten(1).sum(dim=1)
     return score
 
 

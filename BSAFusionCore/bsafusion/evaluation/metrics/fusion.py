@@ -287,15 +287,11 @@ def q_cv(
 # --------------------------------------------------------------------------------------------
 # Q_VIF (VIFF)
 # --------------------------------------------------------------------------------------------
-#: VIFF's constants, shared with its differentiable training version (``training.losses.viff``):
-#: scale weights, visual noise sigma_n^2 for 8-bit grey levels, the flat-window guard and the
-#: additive constant of the scale scores.
-VIFF_CONSTANTS = {"scale_weights": (1.0 / 2.15, 0.0, 0.15 / 2.15, 1.0 / 2.15), "noise_var": 0.005 * 255.0 * 255.0,
-                  "eps": 1e-10, "c": 1e-7}
-_VIFF_SCALE_WEIGHTS = np.array(VIFF_CONSTANTS["scale_weights"])
-_VIFF_NOISE_VAR = VIFF_CONSTANTS["noise_var"]
-_VIFF_EPS = VIFF_CONSTANTS["eps"]
-_VIFF_C = VIFF_CONSTANTS["c"]
+# VIFF's constants, shared with its differentiable training version (``training.losses.viff``)
+VIFF_SCALE_WEIGHTS = np.array([1.0, 0.0, 0.15, 1.0]) / 2.15
+VIFF_NOISE_VAR = 0.005 * 255.0 * 255.0  # visual noise sigma_n^2 for 8-bit grey levels
+VIFF_EPS = 1e-10  # flat-window guard
+VIFF_C = 1e-7  # additive constant of the scale scores
 _VIFF_MIN_SIZE = 41  # smallest side for which the 4th scale is not empty
 
 
@@ -328,22 +324,22 @@ def _viff_maps(ref: np.ndarray, dist: np.ndarray) -> list[tuple[np.ndarray, np.n
         s2 = np.maximum(_gaussian_valid(dist * dist, n) - mu2 * mu2, 0.0)
         s12 = _gaussian_valid(ref * dist, n) - mu1 * mu2
 
-        g = s12 / (s1 + _VIFF_EPS)
+        g = s12 / (s1 + VIFF_EPS)
         sv = s2 - g * s12
-        flat1 = s1 < _VIFF_EPS
+        flat1 = s1 < VIFF_EPS
         g[flat1] = 0.0
         sv[flat1] = s2[flat1]
         s1[flat1] = 0.0
-        flat2 = s2 < _VIFF_EPS
+        flat2 = s2 < VIFF_EPS
         g[flat2] = 0.0
         sv[flat2] = 0.0
         neg = g < 0
         sv[neg] = s2[neg]
         g[neg] = 0.0
-        sv = np.maximum(sv, _VIFF_EPS)
+        sv = np.maximum(sv, VIFF_EPS)
 
-        vid = np.log10(1.0 + g * g * s1 / (sv + _VIFF_NOISE_VAR))
-        vind = np.log10(1.0 + s1 / _VIFF_NOISE_VAR)
+        vid = np.log10(1.0 + g * g * s1 / (sv + VIFF_NOISE_VAR))
+        vind = np.log10(1.0 + s1 / VIFF_NOISE_VAR)
         out.append((vid, vind, g))
     return out
 
@@ -414,8 +410,8 @@ def q_vif(fused: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: float = 1
         take_a = g_a < g_b
         vid = np.where(take_a, vid_a, vid_b)
         vind = np.where(take_a, vind_a, vind_b)
-        per_scale.append(np.sum(vid + _VIFF_C) / np.sum(vind + _VIFF_C))
-    return float(np.dot(_VIFF_SCALE_WEIGHTS, per_scale))
+        per_scale.append(np.sum(vid + VIFF_C) / np.sum(vind + VIFF_C))
+    return float(np.dot(VIFF_SCALE_WEIGHTS, per_scale))
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -65,16 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    trained: dict[str, BSFAF] = {}
+    if args.weights:  # loaded once: run() changes neither model, so both serve every modality
+        loaded = checkpoint.load_model(args.weights)
+        untrained_layers = copy.deepcopy(loaded)
+        untrained_layers.bsfa.load_state_dict(BSFAF(loaded.cfg).bsfa.state_dict())
+        trained = {"translated": untrained_layers, "trained": loaded}
     print("| modality | B_hat | NCC | NCC unregistered | better | EPE px | EPE identity px |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for modality in ("CT", "PET", "SPECT"):
         data = validation_pairs(VAL_ROOT, modality)
         pairs = [data[i] for i in range(min(len(data), args.max_cases))]
-        models = {"mri": None, "truth": None}
-        if args.weights:
-            models["translated"] = checkpoint.load_model(args.weights)
-            models["translated"].bsfa.load_state_dict(BSFAF(models["translated"].cfg).bsfa.state_dict())
-            models["trained"] = checkpoint.load_model(args.weights)
+        models = {"mri": None, "truth": None, **trained}
         for source, model in models.items():
             if model is None:
                 model = BSFAF(load_config(SHIPPED_CONFIG).model).eval()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -358,3 +361,30 @@ def test_as_eight_bit_is_what_a_written_png_reads_back(tmp_path):
     values[0, :4] = [0.5 / 255, 1.5 / 255, 254.5 / 255, 1.0]  # rounding ties and the ends
     write_image(values, tmp_path / "x.png")
     np.testing.assert_array_equal(as_eight_bit(values), read_slice(tmp_path / "x.png"))
+
+
+def test_parallel_write_raises_the_failure_after_the_running_writers_stopped(monkeypatch) -> None:
+    """A failing writer's error comes back once the writers already running have finished (the
+    staging folder is removed after that); writers not yet started are dropped."""
+    monkeypatch.setattr(io, "WRITE_THREADS", 2)
+    finished: list[str] = []
+    started = threading.Event()
+
+    def slow() -> Path:
+        started.set()
+        time.sleep(0.3)
+        finished.append("slow")
+        return Path("slow")
+
+    def failing() -> Path:
+        started.wait(5)
+        raise InputError("disk full")
+
+    def never() -> Path:
+        finished.append("never")
+        return Path("never")
+
+    with pytest.raises(InputError, match="disk full"):
+        io.write_in_parallel([slow, failing, never, never, never])
+    assert "slow" in finished  # it had finished before the error was raised
+    assert finished.count("never") < 3  # the writers not yet started when it failed were dropped

@@ -27,8 +27,10 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -49,6 +51,8 @@ __all__ = [
     "check_output_dir",
     "staged_outputs",
     "atomic_output",
+    "WRITE_THREADS",
+    "write_in_parallel",
     "check_direction",
     "read_image",
     "read_slice_image",
@@ -312,6 +316,31 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield stage / target.name
         if not (stage / target.name).exists():
             raise FileNotFoundError(f"{target}: nothing was written")
+
+
+#: Files written at once by :func:`write_in_parallel`. Each writer is one encoder or gzip stream
+#: (single-threaded, and run outside Python's lock by SimpleITK and Pillow) followed by its
+#: read-back check, so two of them keep two cores busy where one left a core idle.
+WRITE_THREADS = 2
+
+
+def write_in_parallel(writers: Sequence[Callable[[], Any]]) -> None:
+    """Run ``writers`` on :data:`WRITE_THREADS` threads; raise the first failure once all stopped.
+
+    Give the slowest writer first, so that the last one to finish is short and the threads end
+    together. After a failure (or an interruption) the writers not yet started are dropped, and
+    the ones running are waited for, so a staging folder (:func:`staged_outputs`) is never
+    removed under a running writer.
+    """
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="bsafusion-write") as pool:
+        futures = [pool.submit(writer) for writer in writers]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for future in futures:
+        if not future.cancelled():
+            future.result()
 
 
 # --------------------------------------------------------------------------- reading

@@ -10,8 +10,6 @@ model's accuracy on a known 3D deformation is a slow case (needs the shipped wei
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +39,6 @@ from bsafusion.inference.volume import (
     slice_frame,
     write_volume_result,
 )
-from bsafusion.inference.volume import export as export_module
 from bsafusion.inference.volume import pipeline as pipeline_module
 
 SHAPE = (24, 64, 64)  # (D, H, W)
@@ -450,33 +447,6 @@ def test_failed_write_leaves_nothing(head, monkeypatch, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="disk full"):
         write_volume_result(result, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-
-
-def test_parallel_write_raises_the_failure_after_the_running_writers_stopped(monkeypatch) -> None:
-    """A failing writer's error comes back once the writers already running have finished (the
-    staging folder is removed after that); writers not yet started are dropped."""
-    monkeypatch.setattr(export_module, "WRITE_THREADS", 2)
-    finished: list[str] = []
-    started = threading.Event()
-
-    def slow() -> Path:
-        started.set()
-        time.sleep(0.3)
-        finished.append("slow")
-        return Path("slow")
-
-    def failing() -> Path:
-        started.wait(5)
-        raise InputError("disk full")
-
-    def never() -> Path:
-        finished.append("never")
-        return Path("never")
-
-    with pytest.raises(InputError, match="disk full"):
-        export_module._write_in_parallel([slow, failing, never, never, never])
-    assert "slow" in finished  # it had finished before the error was raised
-    assert finished.count("never") < 3  # the writers not yet started when it failed were dropped
 
 
 # ---------------------------------------------------------------------------------- slow

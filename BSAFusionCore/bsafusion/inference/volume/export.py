@@ -21,7 +21,7 @@ Files (``<stem>`` defaults to ``bsafusion``), all in the fixed volume's geometry
 ``<stem>_jacobian.nii.gz``          Jacobian determinant of the deformable part, float32
 ==================================  ============================================================
 
-The files are written :data:`WRITE_THREADS` at a time into a private hidden staging folder
+The files are written :data:`bsafusion.io.WRITE_THREADS` at a time into a private hidden staging folder
 inside ``out_dir``, read back, and moved into place only when every file is complete
 (:func:`bsafusion.io.staged_outputs`); on any failure or interruption nothing is published, so
 ``out_dir`` never holds a partial result.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +39,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from bsafusion.errors import InputError
-from bsafusion.io import check_output_dir, staged_outputs, write_image, write_transform
+from bsafusion.io import check_output_dir, staged_outputs, write_image, write_in_parallel, write_transform
 from bsafusion.transforms import write_displacement_transform
 from bsafusion.inference.volume.geometry import read_volume
 from bsafusion.inference.volume.pipeline import VolumeResult, register_and_fuse_volumes
 
-__all__ = ["OUTPUT_FILES", "WRITE_THREADS", "write_volume_result", "fuse_volume_files", "fuse_volume_images"]
+__all__ = ["OUTPUT_FILES", "write_volume_result", "fuse_volume_files", "fuse_volume_images"]
 
 #: Output key -> file name pattern (``{stem}`` is replaced).
 OUTPUT_FILES: dict[str, str] = {
@@ -56,10 +55,6 @@ OUTPUT_FILES: dict[str, str] = {
     "inverse_displacement": "{stem}_inverse_displacement.nii.gz",
     "jacobian": "{stem}_jacobian.nii.gz",
 }
-#: Files written at once. Each writer is one gzip stream (single-threaded, and run outside
-#: Python's lock by SimpleITK) followed by its read-back check, so two of them keep two cores
-#: busy where one left a core idle for the whole writing stage.
-WRITE_THREADS = 2
 
 
 def _probe_points(image: sitk.Image) -> list[tuple[float, ...]]:
@@ -89,13 +84,12 @@ def write_volume_result(result: VolumeResult, out_dir: str | Path, stem: str = "
     out_dir = Path(out_dir)
     names = {key: pattern.format(stem=stem) for key, pattern in OUTPUT_FILES.items()}
     with staged_outputs(out_dir) as stage:
-        _write_in_parallel(_writers(result, {key: stage / name for key, name in names.items()}))
+        write_in_parallel(_writers(result, {key: stage / name for key, name in names.items()}))
     return {key: out_dir / name for key, name in names.items()}
 
 
 def _writers(result: VolumeResult, paths: dict[str, Path]) -> list[Callable[[], Path]]:
-    """One call per output file, the largest (slowest to compress) first, so that the last one
-    to finish is short and the threads end together."""
+    """One call per output file, the largest (slowest to compress) first (:func:`bsafusion.io.write_in_parallel`)."""
     affine = result.affine if result.affine is not None else sitk.AffineTransform(3)
     probe = _probe_points(result.fused)
     return [
@@ -107,23 +101,6 @@ def _writers(result: VolumeResult, paths: dict[str, Path]) -> list[Callable[[], 
         lambda: write_image(result.aligned, paths["aligned"]),
         lambda: write_transform(affine, paths["affine"], probe),
     ]
-
-
-def _write_in_parallel(writers: list[Callable[[], Path]]) -> None:
-    """Run ``writers`` on :data:`WRITE_THREADS` threads; raise the first failure once all stopped.
-
-    After a failure (or an interruption) the writers not yet started are dropped, and the ones
-    running are waited for, so the staging folder is never removed under a running writer.
-    """
-    with ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="bsafusion-write") as pool:
-        futures = [pool.submit(writer) for writer in writers]
-        try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    for future in futures:
-        if not future.cancelled():
-            future.result()
 
 
 def fuse_volume_files(

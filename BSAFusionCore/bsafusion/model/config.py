@@ -33,9 +33,6 @@ class ModelConfig:
     ----------
     img_size: network input size (square); other inputs are resampled to it by inference.
     channels: width of the full-resolution Restormer features (shallow and deep).
-    reconstruction_channels: width of MMFF's two reconstruction layers (``channels`` in the
-        joint model); a fusion head of its own may be wider, as it only adds work after the
-        registration.
     restormer_heads: heads of the transposed (channel) attention.
     embed_dim, patch_size, heads: token width, patch size and heads of the Transformer stage.
     encoder_depth, transfer_depth: Transformer layers of the encoder and of the Transfer blocks.
@@ -58,7 +55,6 @@ class ModelConfig:
 
     img_size: int = 256
     channels: int = 16
-    reconstruction_channels: int = 16
     restormer_heads: int = 2
     embed_dim: int = 64
     patch_size: int = 8

@@ -32,10 +32,10 @@ class FusionBlock(nn.Module):
 class Reconstruction(nn.Module):
     """Fused deep features + both shallow features -> fused image in [0, 1]."""
 
-    def __init__(self, channels: int, width: int) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv_block(3 * channels, width), conv_block(width, width))
-        self.out = nn.Conv2d(width, 1, 3, padding=1)
+        self.body = nn.Sequential(conv_block(3 * channels, channels), conv_block(channels, channels))
+        self.out = nn.Conv2d(channels, 1, 3, padding=1)
 
     def forward(self, fused: torch.Tensor, shallow_a: torch.Tensor, shallow_b_aligned: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.out(self.body(cat_channels([fused, shallow_a, shallow_b_aligned]))))
@@ -47,7 +47,7 @@ class MMFF(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.fusion = FusionBlock(cfg.channels, cfg.restormer_heads)
-        self.reconstruction = Reconstruction(cfg.channels, cfg.reconstruction_channels)
+        self.reconstruction = Reconstruction(cfg.channels)
 
     def forward(
         self,

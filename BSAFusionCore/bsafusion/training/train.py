@@ -214,44 +214,17 @@ def _collate(items: list[dict[str, Any]], device: torch.device) -> dict[str, tor
 
 
 def _load_matching(model: BSFAF, state: dict[str, torch.Tensor], source: str) -> int:
-    """Start from another model's parameters where names match (fine-tuning, or warm-starting an
-    architecture variant); the rest keeps its fresh initialisation.
+    """Start from another model's parameters where names and shapes match (fine-tuning, or
+    warm-starting an architecture variant); the rest keeps its fresh initialisation.
 
-    A tensor of the same name that is smaller in some axes and larger in none comes from a
-    narrower layer (more output or input channels here, appended last): it fills the leading
-    corner, and the weights from the new input channels to the old output channels are zero,
-    so the old outputs are computed as before (:func:`_widen`). Returns how many tensors were
-    taken; none at all is an input error (wrong file).
+    Returns how many tensors were taken; none at all is an input error (wrong file).
     """
     own = model.state_dict()
-    taken = {}
-    for name, value in state.items():
-        if name not in own or own[name].ndim != value.ndim:
-            continue
-        if own[name].shape == value.shape:
-            taken[name] = value
-        elif all(o >= v for o, v in zip(own[name].shape, value.shape)):
-            taken[name] = _widen(own[name], value)
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not taken:
         raise InputError(f"{source}: no parameter matches this architecture")
     model.load_state_dict(taken, strict=False)
     return len(taken)
-
-
-def _widen(fresh: torch.Tensor, narrow: torch.Tensor) -> torch.Tensor:
-    """``narrow`` embedded in the leading corner of ``fresh`` (a wider layer's initialisation).
-
-    For a weight ``(out, in, ...)``, the new inputs' columns of the old outputs' rows are zero:
-    the old output channels then ignore the new input channels, and a network widened this way
-    computes what the narrow one did as long as the new channels' outgoing weights start at
-    zero too, which this rule gives the next layer. The new outputs' rows keep their fresh
-    (random) values, so the new channels learn from the first step.
-    """
-    wide = fresh.clone()
-    if narrow.ndim >= 2:
-        wide[: narrow.shape[0], narrow.shape[1] :] = 0
-    wide[tuple(slice(0, n) for n in narrow.shape)] = narrow
-    return wide
 
 
 class _Objective(nn.Module):

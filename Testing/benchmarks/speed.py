@@ -57,6 +57,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -262,27 +263,79 @@ def block_table(model: BSFAF, device: torch.device, batch: int, repeats: int, io
     return lines
 
 
-def compare_published(model: BSFAF, threads: int, runs: int, repeats: int) -> list[str]:
-    """Ours (``model.infer``) against the published architecture, alternating, median of ``repeats`` each run."""
+def _published_network() -> nn.Module:
+    """The published BSAFusion architecture of ``published_arch.py`` (random weights, seed 0)."""
     spec = importlib.util.spec_from_file_location("published_arch", Path(__file__).with_name("published_arch.py"))
     published_arch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(published_arch)
-    PublishedBSAFusion = published_arch.PublishedBSAFusion
     torch.manual_seed(0)
-    published = PublishedBSAFusion().eval()
-    fixed, moving = network_inputs(model, PAIR_SIZE)
-    ours_ms, theirs_ms = [], []
+    return published_arch.PublishedBSAFusion().eval()
+
+
+def _alternating_ms(models: dict[str, BSFAF], runs: int, repeats: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Per run, each model's ``infer`` then the published network, median of ``repeats`` each (ms).
+
+    Each model gets a pair at its own ``img_size``; the published network always a 256² pair,
+    as its authors run it.
+    """
+    published = _published_network()
+    fixed, moving = network_inputs(next(iter(models.values())), PAIR_SIZE)
+    inputs = {name: network_inputs(model, model.cfg.img_size) for name, model in models.items()}
+    ours: dict[str, list[float]] = {name: [] for name in models}
+    theirs: list[float] = []
     with torch.inference_mode():
         for _ in range(runs):
-            ours_ms.append(timeit(lambda: model.infer(fixed, moving), repeats)[0] * 1e3)
-            theirs_ms.append(timeit(lambda: published(fixed, moving), repeats)[0] * 1e3)
+            for name, model in models.items():
+                ours[name].append(timeit(lambda: model.infer(*inputs[name]), repeats)[0] * 1e3)
+            theirs.append(timeit(lambda: published(fixed, moving), repeats)[0] * 1e3)
+    return ours, theirs
+
+
+def _millions(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def compare_published(model: BSFAF, threads: int, runs: int, repeats: int) -> list[str]:
+    """Ours (``model.infer``) against the published architecture, alternating, median of ``repeats`` each run."""
+    ours, theirs_ms = _alternating_ms({"ours": model}, runs, repeats)
+    ours_ms = ours["ours"]
     ratios = [o / t for o, t in zip(ours_ms, theirs_ms)]
-    params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
     return [f"| Network ({threads} threads, 256² pair, median of {repeats}) | Parameters | ms per run ({runs} alternating runs) |",
             "|---|---:|---|",
-            f"| Published BSAFusion architecture (random weights) | {params(published):.1f} M | {', '.join(f'{t:.0f}' for t in theirs_ms)} |",
-            f"| Ours, `BSFAF.infer` (inference mode) | {params(model):.2f} M | {', '.join(f'{t:.0f}' for t in ours_ms)} |",
+            f"| Published BSAFusion architecture (random weights) | {_millions(_published_network()):.1f} M | {', '.join(f'{t:.0f}' for t in theirs_ms)} |",
+            f"| Ours, `BSFAF.infer` (inference mode) | {_millions(model):.2f} M | {', '.join(f'{t:.0f}' for t in ours_ms)} |",
             f"| Ratio ours / published | | {', '.join(f'{r:.2f}' for r in ratios)} (median {np.median(ratios):.2f}) |"]
+
+
+#: Architecture variants of the shipped configuration timed by ``--variants``: what a retrained
+#: network would have to change to run in half the published network's time. Each is
+#: :class:`ModelConfig` overrides; the registration levels follow ``pyramid_channels`` (coarse
+#: to fine from the token grid, so two levels end at 64² and one at 32² for a 256² input).
+VARIANTS: dict[str, dict[str, object]] = {
+    "shipped architecture": {},
+    "registration to 64² (2 levels)": {"pyramid_channels": (48, 32)},
+    "registration to 32² (1 level)": {"pyramid_channels": (48,)},
+    "features 12 channels (encoder, translator, MMFF)": {"channels": 12},
+    "1 Transformer + 1 Transfer layer": {"encoder_depth": 1, "transfer_depth": 1},
+    "network at 192² (inputs resampled)": {"img_size": 192},
+    "registration to 64² + features 12": {"pyramid_channels": (48, 32), "channels": 12},
+    "registration to 64² + network at 192²": {"pyramid_channels": (48, 32), "img_size": 192},
+}
+
+
+def compare_variants(base: ModelConfig, threads: int, runs: int, repeats: int) -> list[str]:
+    """:data:`VARIANTS` of ``base`` (random weights: the time does not depend on them) against the
+    published architecture, alternating within each run; the ratio is per run, then its median."""
+    torch.manual_seed(0)
+    models = {name: BSFAF(replace(base, **overrides)).eval() for name, overrides in VARIANTS.items()}
+    ours, theirs = _alternating_ms(models, runs, repeats)
+    lines = [f"| Variant ({threads} threads, median of {repeats} per run, {runs} runs) | Parameters | ms (median of runs) | ratio to published (median) |",
+             "|---|---:|---:|---:|",
+             f"| Published BSAFusion architecture, 256² | {_millions(_published_network()):.1f} M | {np.median(theirs):.0f} | 1 |"]
+    for name, model in models.items():
+        ratio = np.median([o / t for o, t in zip(ours[name], theirs)])
+        lines.append(f"| {name} | {_millions(model):.2f} M | {np.median(ours[name]):.0f} | {ratio:.2f} |")
+    return lines
 
 
 def _reset_peak_rss() -> bool:
@@ -433,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=6, help="alternating runs of ours vs the published architecture (default 6)")
     parser.add_argument("--profile-only", action="store_true",
                         help="only the published comparison and the per-block profiles (a minute instead of ten)")
+    parser.add_argument("--variants", action="store_true",
+                        help="only the architecture variants against the published network (what a faster retrained network needs)")
     parser.add_argument("--_memory-task", dest="memory_task", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -442,7 +497,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_memory_here(args.memory_task, Path(args.weights), args.threads)))
         return 0
     start = time.perf_counter()
-    if args.profile_only:
+    if args.variants:
+        torch.set_num_threads(args.threads)
+        lines = ["", f"#### Architecture variants against the published architecture ({args.threads} threads)", ""]
+        table = "\n".join(lines + compare_variants(ModelConfig.from_dict(checkpoint.read(checkpoint.default_weights_path("CT"))["model_config"]),
+                                                     args.threads, args.runs, args.repeats))
+    elif args.profile_only:
         torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             weights, _ = resolve_weights(args.weights, Path(tmp))

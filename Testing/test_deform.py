@@ -12,6 +12,7 @@ from bsafusion.deform import (
     invert_numpy,
     random_misalignment,
     resize_field,
+    smooth_field,
     warp,
     warp_numpy,
 )
@@ -117,6 +118,28 @@ def test_resize_field_rescales_displacements(size):
     big = resize_field(u, size)
     expected = 0.1 * identity_grid(size)
     assert torch.allclose(big, expected, atol=1e-4)
+
+
+def test_smooth_field_keeps_affine_fields_and_removes_pixel_noise():
+    # a Gaussian with repeated edge values leaves a constant field exactly as it is and an
+    # affine one unchanged away from the borders; pixel-scale noise loses most of its energy
+    grid = identity_grid((48, 48))
+    constant = torch.full((1, 2, 48, 48), 1.5)
+    assert torch.allclose(smooth_field(constant, 4.0), constant, atol=1e-5)
+    affine = 0.1 * grid
+    assert torch.allclose(smooth_field(affine, 2.0)[..., 8:-8, 8:-8], affine[..., 8:-8, 8:-8], atol=1e-4)
+    noise = torch.randn(1, 2, 48, 48, generator=torch.Generator().manual_seed(0))
+    assert smooth_field(noise, 2.0).std() < 0.2 * noise.std()
+    assert smooth_field(noise, 0.0) is noise
+
+
+def test_smooth_field_smooths_volumes_along_every_axis():
+    field = torch.zeros(1, 3, 9, 9, 9)
+    field[0, :, 4, 4, 4] = 1.0
+    out = smooth_field(field, 1.0)
+    # an impulse spreads symmetrically along depth, height and width, and its sum is kept
+    assert torch.allclose(out[0, 0, 3, 4, 4], out[0, 0, 4, 3, 4]) and torch.allclose(out[0, 0, 4, 3, 4], out[0, 0, 4, 4, 3])
+    assert out[0, 0, 3, 4, 4] > 0 and abs(float(out[0, 0].sum()) - 1.0) < 1e-5
 
 
 def test_warp_rejects_mismatched_grids():

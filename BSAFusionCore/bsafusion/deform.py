@@ -44,6 +44,7 @@ __all__ = [
     "diffusion",
     "resize_image",
     "resize_field",
+    "smooth_field",
     "jacobian_determinant",
     "warp_numpy",
     "compose_numpy",
@@ -171,6 +172,18 @@ def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if sigma > 0:
             image = _gaussian_along(image, sigma, dim=image.ndim - 2 + axis)
     return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def smooth_field(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing (``sigma`` in grid pixels, edge values repeated) of ``(N, n, *spatial)`` fields.
+
+    Each component is blurred along every spatial axis; ``sigma <= 0`` returns ``field`` itself.
+    """
+    if sigma <= 0:
+        return field
+    for dim in range(2, field.ndim):
+        field = _gaussian_along(field, sigma, dim)
+    return field
 
 
 def _gaussian_along(image: torch.Tensor, sigma: float, dim: int) -> torch.Tensor:

@@ -82,6 +82,29 @@ def test_warped_moving_is_the_moving_image_pulled_by_field_ba():
     assert torch.allclose(out.warped_moving, warp(b, out.field_ba), atol=1e-6)
 
 
+def test_field_sigma_smooths_both_fields_on_the_finest_level():
+    from dataclasses import replace
+
+    from bsafusion.deform import diffusion, resize_field, smooth_field
+
+    plain = BSFAF(TINY).eval()
+    _activate_registration(plain, std=0.2)
+    smooth = BSFAF(replace(TINY, field_sigma=4.0)).eval()
+    smooth.load_state_dict(plain.state_dict())
+    a, b = _pair()
+    with torch.no_grad():
+        rough, smoothed = plain.register(a, b), smooth.register(a, b)
+        finest = plain(a, b).alignment  # fields on the finest level's grid (32² for a 64² input)
+    # sigma 4 input pixels is 2 pixels of the finest grid, applied before the resize to the image
+    expected_ba = resize_field(smooth_field(finest.field_ba, 2.0), (64, 64))
+    expected_ab = resize_field(smooth_field(finest.field_ab, 2.0), (64, 64))
+    assert torch.allclose(smoothed.field_ba, expected_ba, atol=1e-6)
+    assert torch.allclose(smoothed.field_ab, expected_ab, atol=1e-6)
+    assert (diffusion(smoothed.field_ba) < 0.7 * diffusion(rough.field_ba)).all()
+    with pytest.raises(ValueError, match="field_sigma"):
+        ModelConfig(field_sigma=-1.0)
+
+
 def test_inference_entry_gives_training_s_fields_and_fusion_and_nothing_else(monkeypatch):
     model = BSFAF(TINY.with_ablation("full")).eval()
     _activate_registration(model)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bsafusion.deform import resize_field, warp
+from bsafusion.deform import resize_field, smooth_field, warp
 from bsafusion.model.bsfa import BSFA, AlignmentResult, FeaturePyramid
 from bsafusion.modality import CLASS_NAMES
 from bsafusion.model.config import ModelConfig
@@ -158,6 +158,7 @@ class BSFAF(nn.Module):
         alignment = self.bsfa([lvl[:n] for lvl in pyramid], [lvl[n:] for lvl in pyramid], guide_a, moving,
                               with_middle=for_losses)
         size = fixed.shape[2:]
-        registration = Registration(resize_field(alignment.field_ba, size), resize_field(alignment.field_ab, size),
-                                    translation, enc)
+        sigma = self.cfg.field_sigma * alignment.field_ba.shape[-1] / size[-1]  # on the finest level's grid
+        registration = Registration(resize_field(smooth_field(alignment.field_ba, sigma), size),
+                                    resize_field(smooth_field(alignment.field_ab, sigma), size), translation, enc)
         return registration, _LossInputs(align_a, align_b, mfrh_a, mfrh_b, alignment)

@@ -1,11 +1,11 @@
-"""The differentiable Chen-Varshney and VIFF terms against the Q_CV and Q_VIF metrics they train for."""
+"""The differentiable Chen-Varshney, VIFF and edge terms against the Q_CV, Q_VIF and Q_AB/F metrics they train for."""
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from bsafusion.evaluation.metrics.fusion import q_cv, q_vif
-from bsafusion.training.losses import chen_varshney, viff
+from bsafusion.evaluation.metrics.fusion import q_abf, q_cv, q_vif
+from bsafusion.training.losses import chen_varshney, sobel_magnitude, stronger_edges, viff
 
 
 def _images(size: int = 256) -> list[np.ndarray]:
@@ -62,3 +62,28 @@ def test_ascending_viff_raises_q_vif():
         assert torch.isfinite(f.grad).all()
         optimiser.step()
     assert q_vif(f.detach()[0, 0].double().numpy(), a, b) > q_vif(0.5 * (a + b), a, b) + 0.05
+
+
+def test_stronger_edges_matches_the_vector_where_the_gradient_term_matches_the_magnitude():
+    _, a, b = _images(128)
+    a, b = 2.0 * a, 0.5 * b  # A's edges are the stronger ones almost everywhere
+    ta, tb = _tensor(a), _tensor(b)
+    assert float(stronger_edges(ta, ta, tb)) < 0.05 * float(stronger_edges(tb, ta, tb))
+    # A with its polarity flipped has A's edge magnitudes but the opposite vectors
+    blank = torch.zeros_like(ta)
+    flipped = _tensor(a.max() - a)
+    assert float((sobel_magnitude(flipped) - sobel_magnitude(ta)).abs().max()) < 1e-9
+    assert float(stronger_edges(ta, ta, blank)) == 0.0
+    assert float(stronger_edges(flipped, ta, blank)) > 0.5 * float(sobel_magnitude(ta).mean())
+
+
+def test_descending_stronger_edges_raises_q_abf():
+    _, a, b = _images(128)
+    start = 0.5 * (a + b)
+    f = _tensor(start).float().requires_grad_(True)
+    optimiser = torch.optim.Adam([f], lr=0.005)
+    for _ in range(30):
+        optimiser.zero_grad()
+        stronger_edges(f, _tensor(a).float(), _tensor(b).float()).sum().backward()
+        optimiser.step()
+    assert q_abf(f.detach()[0, 0].double().numpy(), a, b) > q_abf(start, a, b) + 0.05

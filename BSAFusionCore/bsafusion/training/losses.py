@@ -47,6 +47,10 @@ Terms (the ``name`` is the key in the loss dictionary and the CSV log):
     metric reports); off by default. VIFF counts, per window, how much of a source's signal
     survives in ``F`` with its contrast; it rewards the local contrast that the max and SSIM
     terms average away.
+``edges``
+    Fusion: L1 between the Sobel gradient *vector* of ``F`` and that of the source whose edge
+    is stronger at each pixel (:func:`stronger_edges`); off by default. ``gradient`` matches the
+    magnitude only; Q_AB/F also scores the orientation each source's edge keeps in ``F``.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class LossWeights:
     gradient: float = 2.0
     perceptual: float = 0.0
     information: float = 0.0
+    edges: float = 0.0
     fusion_target: str = "aligned"
 
     @classmethod
@@ -120,12 +125,28 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     return s.flatten(1).mean(dim=1)
 
 
-def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
-    """|Sobel gradient| of ``(N, 1, H, W)`` images (replicate padding)."""
+def sobel(x: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient ``(N, 2, H, W)`` (x, y) of ``(N, 1, H, W)`` images (replicate padding)."""
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
     k = torch.stack([kx, kx.t()])[:, None]
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
-    return torch.sqrt((g**2).sum(dim=1, keepdim=True) + 1e-12)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|Sobel gradient| of ``(N, 1, H, W)`` images (replicate padding)."""
+    return torch.sqrt((sobel(x) ** 2).sum(dim=1, keepdim=True) + 1e-12)
+
+
+def stronger_edges(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between the Sobel vector of ``fused`` and that of the source with the stronger edge, per item.
+
+    The ``gradient`` term matches magnitudes only, so an edge may come out with its direction
+    or polarity changed and still satisfy it; Q_AB/F scores both (the edge orientation of each
+    source has to survive in the fused image).
+    """
+    ga, gb = sobel(a), sobel(b)
+    a_wins = (ga**2).sum(dim=1, keepdim=True) >= (gb**2).sum(dim=1, keepdim=True)
+    return (sobel(fused) - torch.where(a_wins, ga, gb)).abs().flatten(1).mean(dim=1)
 
 
 def chen_varshney(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, window: int = 16) -> torch.Tensor:
@@ -265,6 +286,8 @@ def compute_losses(out: BSFAFOutput, batch: dict[str, torch.Tensor], weights: Lo
         terms["perceptual"] = chen_varshney(fused, fixed, other).mean()
     if weights.information:
         terms["information"] = 1.0 - viff(fused, fixed, other).mean()
+    if weights.edges:
+        terms["edges"] = stronger_edges(fused, fixed, other).mean()
 
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     terms["total"] = total

@@ -4,9 +4,9 @@ The registration layers predict their field on the alignment pyramid, coarse to 
 token grid (32², 64², 128² for a 256² image with patch 8), and the field is then upsampled to the
 image. A level is only worth its time if the fields to recover need its resolution. This script
 takes the drawn field of every ``val_aligned`` pair (misaligned with the fixed-seed Harvard test
-profile, as validation and the test cases are), represents it on an ``s × s`` grid (area average,
-the least-squares fit of a piecewise-constant field, then :func:`bsafusion.deform.resize_field`
-back to the image as the network does) and reports, per grid size and modality, the mean NCC of
+profile, as validation and the test cases are), represents it on an ``s × s`` grid (anti-aliased
+samples at the positions of the network's coarse field values, then
+:func:`bsafusion.deform.resize_field` back to the image as the network does) and reports, per grid size and modality, the mean NCC of
 the moving image warped by the fitted field against the aligned truth and the endpoint error of
 the fit. ``full`` is the drawn field itself: what a perfect field reaches with this warp.
 
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from bsafusion.deform import resize_field, warp
+from bsafusion.deform import resize_field, resize_image, warp
 from bsafusion.evaluation.metrics.registration import endpoint_error, ncc
 from bsafusion.modality import MOVING
 from bsafusion.training.data import validation_pairs
@@ -34,11 +33,16 @@ VAL_ROOT = Path(TrainConfig().val_root)
 
 
 def fit_on_grid(field: torch.Tensor, size: int) -> torch.Tensor:
-    """``field`` ``(N, 2, H, W)`` in pixels, averaged onto ``size × size`` and resampled back."""
+    """``field`` ``(N, 2, H, W)`` in pixels, sampled onto ``size × size`` and resampled back.
+
+    The coarse samples sit where the network's coarse field values sit (the align-corners grid
+    of :func:`~bsafusion.deform.resize_field`), after the anti-aliasing prefilter of
+    :func:`~bsafusion.deform.resize_image`.
+    """
     full = field.shape[2:]
-    coarse = F.interpolate(field, size=(size, size), mode="area")
-    # area averaging keeps the values in image pixels; resize_field expects them in the
-    # coarse grid's pixels (align-corners spacing), as the network's fields are
+    coarse = resize_image(field, (size, size))
+    # the samples are still in image pixels; resize_field expects them in the coarse grid's
+    # pixels, as the network's fields are
     scale = torch.tensor([(size - 1) / (full[1] - 1), (size - 1) / (full[0] - 1)]).view(1, 2, 1, 1)
     return resize_field(coarse * scale, full)
 

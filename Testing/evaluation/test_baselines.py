@@ -285,14 +285,9 @@ def test_fusion_rejects_bad_input():
 
 
 def _speed_module():
-    import importlib.util
-    from pathlib import Path
+    from benchmark_scripts import load_benchmark
 
-    path = Path(__file__).parents[1] / "benchmarks" / "speed.py"
-    spec = importlib.util.spec_from_file_location("bsafusion_speed_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 def _tiny_weights(tmp_path):

@@ -54,7 +54,7 @@ class ModelConfig:
     field_sigma: Gaussian sigma, in input-image pixels, of a smoothing of both output fields
         (on the finest level's grid, before they are resized to the image); 0 leaves the
         composed BSFA steps as they are. The misalignment the network is built for is smooth
-        (a 32² grid holds it to within 0.004 NCC, ``Testing/benchmarks/field_resolution.py``)
+        (a 32² grid holds it to within 0.001 NCC, ``Testing/benchmarks/field_resolution.py``)
         while each registration layer's velocity carries pixel-scale noise that no true field
         has; smoothing removes that noise at the cost of a few operations on a small grid.
     """

@@ -6,9 +6,9 @@ image. A level is only worth its time if the fields to recover need its resoluti
 takes the drawn field of every ``val_aligned`` pair (misaligned with the fixed-seed Harvard test
 profile, as validation and the test cases are), represents it on an ``s × s`` grid (anti-aliased
 samples at the positions of the network's coarse field values, then
-:func:`bsafusion.deform.resize_field` back to the image as the network does) and reports, per grid size and modality, the mean NCC of
-the moving image warped by the fitted field against the aligned truth and the endpoint error of
-the fit. ``full`` is the drawn field itself: what a perfect field reaches with this warp.
+:func:`bsafusion.deform.resize_field` back to the image as the network does) and reports, per
+grid size and modality, the mean NCC of the moving image warped by the fitted field against the
+aligned truth and the endpoint error of the fit. ``full`` is the drawn field itself: what a perfect field reaches with this warp.
 
 Usage (repository root, ``../shared`` beside it)::
 

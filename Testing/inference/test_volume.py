@@ -10,6 +10,7 @@ model's accuracy on a known 3D deformation is a slow case (needs the shipped wei
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from bsafusion.model import checkpoint
 from bsafusion.colour import split_luma
 from bsafusion.deform import random_misalignment
 from bsafusion.errors import InputError
-from bsafusion.inference.fuser import FusionResult
+from bsafusion.inference.fuser import Fuser, FusionResult
 from bsafusion.inference.intensity import normalise_volume
 from bsafusion.io import write_dicom_series
 from bsafusion.evaluation.metrics.registration import endpoint_error, mutual_information, ncc
@@ -419,6 +420,36 @@ def test_nan_spacing_and_degenerate_direction_are_refused(head) -> None:
     flat = _image(head["mri"], direction=np.array([[1, 0, 0], [0, 1, 0], [0, 0.5, 0.5]], float))
     with pytest.raises(InputError, match="direction matrix"):
         check_volume(flat, "flat.nii")
+
+
+def test_slices_side_by_side_give_the_same_volume(head, tiny_weights, monkeypatch) -> None:
+    """Two network calls at once, one torch thread each, must give the volume of one at a time
+    and hand torch its thread count back."""
+    calls: list[tuple[str, int]] = []
+    fuse_batch = Fuser.fuse_batch
+
+    def recorded(self, pairs, names=None):
+        calls.append((threading.current_thread().name, torch.get_num_threads()))
+        return fuse_batch(self, pairs, names)
+
+    monkeypatch.setattr(Fuser, "fuse_batch", recorded)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    volumes = [_image(head["mri"]), _image(head["ct"])]
+    options = dict(weights=tiny_weights["CT"], device="cpu", prealign=False)
+    try:
+        one = register_and_fuse_volumes(*volumes, "CT", slice_workers=1, **options)
+        alone, calls[:] = list(calls), []
+        two = register_and_fuse_volumes(*volumes, "CT", **options)  # the default with 2 threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert {n for n, _ in alone} == {threading.main_thread().name} and {t for _, t in alone} == {2}
+    assert len({n for n, _ in calls}) == 2 and {t for _, t in calls} == {1} and len(calls) == two.network_slices
+    for a, b in ((one.displacement, two.displacement), (one.fused, two.fused)):
+        assert np.abs(_array(a) - _array(b)).max() < 1e-4
+    with pytest.raises(InputError, match="slice_workers must be at least 1"):
+        register_and_fuse_volumes(*volumes, "CT", slice_workers=0, **options)
 
 
 def test_cancel_aborts_and_writes_nothing(head, tiny_weights, tmp_path: Path) -> None:

@@ -26,7 +26,9 @@ Stages (the keys of :attr:`VolumeResult.timings`)
 ``network``
     Both volumes are viewed in the working frame of :mod:`bsafusion.inference.volume.geometry`
     (permute/flip, no interpolation) and every slice that holds anatomy in both volumes goes
-    through :meth:`bsafusion.inference.fuser.Fuser.fuse_batch`, ``batch_size`` slices per call.
+    through :meth:`bsafusion.inference.fuser.Fuser.fuse_batch`, ``batch_size`` slices per call,
+    ``slice_workers`` calls at once (each on its share of torch's threads; the slices are
+    independent, so the result does not depend on how many run together).
 ``export``
     Fields are stacked, smoothed across slices, converted to millimetres and composed with the
     affine into the total transform; the aligned volume is resampled through it; inverse
@@ -70,8 +72,11 @@ Conventions
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +88,7 @@ from bsafusion import modality as modalities
 from bsafusion.colour import merge_luma, pseudo_colour, split_luma
 from bsafusion.deform import compose, jacobian_determinant
 from bsafusion.errors import InputError
-from bsafusion.inference.fuser import MIN_SIZE, Fuser
+from bsafusion.inference.fuser import MIN_SIZE, Fuser, FusionResult
 from bsafusion.inference.prealign import ClassicalSettings, prealign_affine
 from bsafusion.inference.intensity import check_modality, normalise_volume
 from bsafusion.device import resolve_device
@@ -221,8 +226,33 @@ def _fallback_fused(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
     return np.maximum(fixed, moving)
 
 
+def _network_calls(fuser: Fuser, chunks: Iterable[list[tuple[np.ndarray, np.ndarray]]],
+                   workers: int) -> Iterator[list[FusionResult]]:
+    """``fuser.fuse_batch`` of every chunk, in order, ``workers`` chunks at a time.
+
+    Each worker thread runs one call on ``threads // workers`` of torch's intra-op threads (restored
+    afterwards): on 2 CPU cores a slice's operators are too small to keep two threads busy, and
+    two slices side by side on one thread each finish sooner than one after the other on two
+    (``Testing/benchmarks/volume_speed.py``). Torch releases the interpreter lock inside its
+    operators and inference mode is per thread, so the calls do not interfere.
+    """
+    if workers == 1:
+        for chunk in chunks:
+            yield fuser.fuse_batch(chunk)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        chunks = iter(chunks)
+        with ThreadPoolExecutor(workers, thread_name_prefix="bsafusion-slice") as pool:
+            while group := list(islice(chunks, workers)):
+                yield from pool.map(fuser.fuse_batch, group)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _run_network(fuser: Fuser, fixed_w: np.ndarray, moving_w: np.ndarray, modality: str,
-                 batch_size: int, report: _Reporter, span: tuple[float, float]) -> _Stacks:
+                 batch_size: int, workers: int, report: _Reporter, span: tuple[float, float]) -> _Stacks:
     """Every slice with anatomy through the network; the others get the fallback."""
     depth, height, width = fixed_w.shape
     colour = modalities.get(modality).colour
@@ -234,15 +264,18 @@ def _run_network(fuser: Fuser, fixed_w: np.ndarray, moving_w: np.ndarray, modali
     active = [z for z in range(depth) if _has_anatomy(fixed_w[z]) and _has_anatomy(moving_w[z])]
     for z in sorted(set(range(depth)) - set(active)):
         stacks.fused[z] = _fallback_fused(fixed_w[z], _moving_input(moving_w[z], modality))
+    slices = [active[start : start + batch_size] for start in range(0, len(active), batch_size)]
+    pairs = ([(np.ascontiguousarray(fixed_w[z]), _moving_input(moving_w[z], modality)) for z in chunk]
+             for chunk in slices)
     done = 0
-    for start in range(0, len(active), batch_size):
-        report(span[0] + (span[1] - span[0]) * done / max(len(active), 1),
-               f"network: slice {done + 1}/{len(active)}")
-        chunk = active[start : start + batch_size]
-        pairs = [(np.ascontiguousarray(fixed_w[z]), _moving_input(moving_w[z], modality)) for z in chunk]
-        for z, out in zip(chunk, fuser.fuse_batch(pairs)):
-            stacks.forward[z], stacks.inverse[z], stacks.fused[z] = out.field, out.inverse_field, out.fused
-        done += len(chunk)
+    report(span[0], f"network: slice 1/{len(active)}")
+    with closing(_network_calls(fuser, pairs, workers)) as calls:  # threads restored on cancel too
+        for chunk, outputs in zip(slices, calls):
+            for z, out in zip(chunk, outputs):
+                stacks.forward[z], stacks.inverse[z], stacks.fused[z] = out.field, out.inverse_field, out.fused
+            done += len(chunk)
+            if done < len(active):
+                report(span[0] + (span[1] - span[0]) * done / len(active), f"network: slice {done + 1}/{len(active)}")
     stacks.network_slices = len(active)
     return stacks
 
@@ -344,6 +377,7 @@ def register_and_fuse_volumes(
     refine_steps: int | None = None,
     prealign_rigid: bool = True,
     slice_sigma_mm: float = SLICE_SIGMA_MM,
+    slice_workers: int | None = None,
     names: tuple[str, str] = ("fixed volume", "moving volume"),
 ) -> VolumeResult:
     """Register a CT/PET/SPECT volume to an MRI volume and fuse them (conventions: module docstring).
@@ -369,19 +403,25 @@ def register_and_fuse_volumes(
     batch_size : int, optional
         Slices per network call. Default: 1 on the CPU, 8 on CUDA. Measured on 2 CPU cores
         (``Testing/benchmarks/speed.py``): batching makes each slice slower (193 ms alone,
-        254-280 ms per slice in batches of 2 to 8: the inference kernels already keep the
-        cores busy and a batch only makes the working set larger).
+        254-280 ms per slice in batches of 2 to 8: a batch makes the working set larger without
+        making the operators any easier to parallelise); slices side by side
+        (``slice_workers``) are what pays on the CPU.
     progress : callable, optional
         ``progress(fraction, message)``, called at each stage and network batch.
     cancel : callable, optional
         Polled at the same points; returning True raises :class:`Cancelled`.
     refine_steps : int, optional
-        Per-slice refinement of the network's field (:mod:`bsafusion.inference.refine`); default: the
-        modality's (on for CT, off for PET/SPECT); 0 = off.
+        Per-slice refinement of the network's field (:mod:`bsafusion.inference.refine`, which says
+        why it is off by default for every modality); default: the modality's; 0 = off.
     prealign_rigid : bool
         Rigid pre-alignment (default) or, with False, a full affine one.
     slice_sigma_mm : float
         Gaussian sigma (mm) of the field smoothing along the slice axis (0: none).
+    slice_workers : int, optional
+        Network calls run side by side, each on ``torch.get_num_threads() // slice_workers``
+        threads. Default: on the CPU, 2 when torch has at least 2 threads (on 2 cores, 125
+        slices of 256x256: 0.19 s per slice against 0.27 s one at a time on 2 threads,
+        ``Testing/benchmarks/volume_speed.py``), else 1; on CUDA 1 (the batch fills the GPU).
     names : (str, str)
         How error messages call the two volumes (e.g. their file names).
 
@@ -410,6 +450,8 @@ def register_and_fuse_volumes(
     modality = modalities.moving(modality).name
     if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if slice_workers is not None and int(slice_workers) < 1:
+        raise InputError(f"slice_workers must be at least 1, got {slice_workers}")
     if not slice_sigma_mm >= 0:
         raise InputError(f"slice_sigma_mm must be >= 0, got {slice_sigma_mm}")
     fixed_name, moving_name = names
@@ -424,8 +466,11 @@ def register_and_fuse_volumes(
     check_modality(moving, modality, moving_name)
     report(0.0, "loading the model")
     fuser = Fuser(modality, weights, device, refine=refine_steps)  # bad weights fail before the slow stages
+    on_cuda = resolve_device(device).type == "cuda"
     if batch_size is None:
-        batch_size = 8 if resolve_device(device).type == "cuda" else 1
+        batch_size = 8 if on_cuda else 1
+    if slice_workers is None:
+        slice_workers = 1 if on_cuda else min(2, torch.get_num_threads())
 
     t = time.perf_counter()
     report(0.02, "normalising intensities")
@@ -453,7 +498,7 @@ def register_and_fuse_volumes(
 
     t = time.perf_counter()
     stacks = _run_network(fuser, frame.to_working(fixed_a), frame.to_working(moving_r), modality,
-                          int(batch_size), report, (0.25, 0.9))
+                          int(batch_size), int(slice_workers), report, (0.25, 0.9))
     timings["network"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -420,7 +420,7 @@ def register_and_fuse_volumes(
     slice_workers : int, optional
         Network calls run side by side, each on ``torch.get_num_threads() // slice_workers``
         threads. Default: on the CPU, 2 when torch has at least 2 threads (on 2 cores, 125
-        slices of 256x256: 0.19 s per slice against 0.27 s one at a time on 2 threads,
+        slices of 256x256: 0.25 s per slice against 0.32 s one at a time on 2 threads,
         ``Testing/benchmarks/volume_speed.py``), else 1; on CUDA 1 (the batch fills the GPU).
     names : (str, str)
         How error messages call the two volumes (e.g. their file names).

@@ -5,7 +5,7 @@ import torch
 from scipy import ndimage
 
 from bsafusion.evaluation.metrics.fusion import q_abf, q_cv, q_vif
-from bsafusion.training.losses import chen_varshney, sobel_magnitude, stronger_edges, viff
+from bsafusion.training.losses import chen_varshney, edge_preservation, sobel_magnitude, stronger_edges, viff
 
 
 def _images(size: int = 256) -> list[np.ndarray]:
@@ -87,3 +87,24 @@ def test_descending_stronger_edges_raises_q_abf():
         stronger_edges(f, _tensor(a).float(), _tensor(b).float()).sum().backward()
         optimiser.step()
     assert q_abf(f.detach()[0, 0].double().numpy(), a, b) > q_abf(start, a, b) + 0.05
+
+
+def test_edge_preservation_is_q_abf():
+    fused, a, b = _images()
+    # the black border and a quantised image: vanishing and exactly vertical gradients included
+    for f in (fused, 0.6 * fused + 0.3 * a, np.maximum(a, b), np.round(255 * (0.7 * a + 0.3 * b)) / 255):
+        expected = q_abf(f, a, b)
+        assert abs(float(edge_preservation(*map(_tensor, (f, a, b)))) - expected) < 1e-4
+
+
+def test_ascending_edge_preservation_raises_q_abf_with_finite_gradients():
+    _, a, b = _images(128)
+    start = 0.5 * (a + b)
+    f = _tensor(start).float().requires_grad_(True)
+    optimiser = torch.optim.Adam([f], lr=0.005)
+    for _ in range(30):
+        optimiser.zero_grad()
+        (-edge_preservation(f, _tensor(a).float(), _tensor(b).float())).sum().backward()
+        assert torch.isfinite(f.grad).all()
+        optimiser.step()
+    assert q_abf(f.detach()[0, 0].double().numpy(), a, b) > q_abf(start, a, b) + 0.1

@@ -67,7 +67,7 @@ def _sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Q_AB/F
 # --------------------------------------------------------------------------------------------
-_QABF_CONSTANTS = {
+QABF_CONSTANTS = {
     "gamma_g": 0.9994, "kappa_g": -15.0, "sigma_g": 0.5,  # edge strength sigmoid
     "gamma_a": 0.9879, "kappa_a": -22.0, "sigma_a": 0.8,  # orientation sigmoid
 }
@@ -77,7 +77,7 @@ def _edge_preservation(
     g_src: np.ndarray, a_src: np.ndarray, g_f: np.ndarray, a_f: np.ndarray
 ) -> np.ndarray:
     """Per-pixel edge preservation ``Q^{XF} = Q_g^{XF} Q_alpha^{XF}`` of source X in F."""
-    c = _QABF_CONSTANTS
+    c = QABF_CONSTANTS
     hi = np.maximum(g_src, g_f)
     lo = np.minimum(g_src, g_f)
     strength = np.ones_like(hi)  # equal strengths (both zero included) are perfectly preserved

@@ -20,6 +20,19 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float64))[None, None]
 
 
+def _descend(loss, start: np.ndarray, a: np.ndarray, b: np.ndarray, steps: int, lr: float, dtype=torch.float32) -> np.ndarray:
+    """``start`` after ``steps`` Adam steps on ``loss(fused, a, b)``; every gradient must be finite."""
+    f = _tensor(start).to(dtype).requires_grad_(True)
+    ta, tb = _tensor(a).to(dtype), _tensor(b).to(dtype)
+    optimiser = torch.optim.Adam([f], lr=lr)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss(f, ta, tb).sum().backward()
+        assert torch.isfinite(f.grad).all()
+        optimiser.step()
+    return f.detach()[0, 0].double().numpy()
+
+
 def test_chen_varshney_is_q_cv_in_unit_intensities():
     fused, a, b = _images()
     expected = q_cv(fused, a, b) / 255.0**2
@@ -36,13 +49,8 @@ def test_a_crop_is_filtered_as_the_full_image_would_be():
 
 def test_descending_it_lowers_q_cv():
     fused, a, b = _images()
-    f = _tensor(fused).requires_grad_(True)
-    optimiser = torch.optim.Adam([f], lr=0.01)
-    for _ in range(20):
-        optimiser.zero_grad()
-        chen_varshney(f, _tensor(a), _tensor(b)).sum().backward()
-        optimiser.step()
-    assert q_cv(f.detach()[0, 0].numpy(), a, b) < 0.5 * q_cv(fused, a, b)
+    result = _descend(chen_varshney, fused, a, b, steps=20, lr=0.01, dtype=torch.float64)
+    assert q_cv(result, a, b) < 0.5 * q_cv(fused, a, b)
 
 
 def test_viff_is_q_vif():
@@ -53,15 +61,9 @@ def test_viff_is_q_vif():
 
 
 def test_ascending_viff_raises_q_vif():
-    fused, a, b = _images(128)
-    f = _tensor(0.5 * (a + b)).float().requires_grad_(True)
-    optimiser = torch.optim.Adam([f], lr=0.005)
-    for _ in range(20):
-        optimiser.zero_grad()
-        (-viff(f, _tensor(a).float(), _tensor(b).float())).sum().backward()
-        assert torch.isfinite(f.grad).all()
-        optimiser.step()
-    assert q_vif(f.detach()[0, 0].double().numpy(), a, b) > q_vif(0.5 * (a + b), a, b) + 0.05
+    _, a, b = _images(128)
+    result = _descend(lambda f, x, y: -viff(f, x, y), 0.5 * (a + b), a, b, steps=20, lr=0.005)
+    assert q_vif(result, a, b) > q_vif(0.5 * (a + b), a, b) + 0.05
 
 
 def test_stronger_edges_matches_the_vector_where_the_gradient_term_matches_the_magnitude():
@@ -80,13 +82,8 @@ def test_stronger_edges_matches_the_vector_where_the_gradient_term_matches_the_m
 def test_descending_stronger_edges_raises_q_abf():
     _, a, b = _images(128)
     start = 0.5 * (a + b)
-    f = _tensor(start).float().requires_grad_(True)
-    optimiser = torch.optim.Adam([f], lr=0.005)
-    for _ in range(30):
-        optimiser.zero_grad()
-        stronger_edges(f, _tensor(a).float(), _tensor(b).float()).sum().backward()
-        optimiser.step()
-    assert q_abf(f.detach()[0, 0].double().numpy(), a, b) > q_abf(start, a, b) + 0.05
+    result = _descend(stronger_edges, start, a, b, steps=30, lr=0.005)
+    assert q_abf(result, a, b) > q_abf(start, a, b) + 0.05
 
 
 def test_edge_preservation_is_q_abf():
@@ -100,11 +97,5 @@ def test_edge_preservation_is_q_abf():
 def test_ascending_edge_preservation_raises_q_abf_with_finite_gradients():
     _, a, b = _images(128)
     start = 0.5 * (a + b)
-    f = _tensor(start).float().requires_grad_(True)
-    optimiser = torch.optim.Adam([f], lr=0.005)
-    for _ in range(30):
-        optimiser.zero_grad()
-        (-edge_preservation(f, _tensor(a).float(), _tensor(b).float())).sum().backward()
-        assert torch.isfinite(f.grad).all()
-        optimiser.step()
-    assert q_abf(f.detach()[0, 0].double().numpy(), a, b) > q_abf(start, a, b) + 0.05
+    result = _descend(lambda f, x, y: -edge_preservation(f, x, y), start, a, b, steps=30, lr=0.005)
+    assert q_abf(result, a, b) > q_abf(start, a, b) + 0.05

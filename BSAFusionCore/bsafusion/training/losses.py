@@ -132,16 +132,26 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     return s.flatten(1).mean(dim=1)
 
 
-def sobel(x: torch.Tensor) -> torch.Tensor:
-    """Sobel gradient ``(N, 2, H, W)`` (x, y) of ``(N, 1, H, W)`` images (replicate padding)."""
+def sobel(x: torch.Tensor, padding: str = "replicate") -> torch.Tensor:
+    """Sobel gradient ``(N, 2, H, W)`` (x, y) of ``(N, 1, H, W)`` images.
+
+    ``padding`` is a :func:`torch.nn.functional.pad` mode: ``"replicate"`` for training terms
+    (no false edge at a crop's border), ``"constant"`` (zeros) where a term must filter as the
+    metrics do.
+    """
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
     k = torch.stack([kx, kx.t()])[:, None]
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode=padding), k)
+
+
+def _magnitude(gradient: torch.Tensor) -> torch.Tensor:
+    """Length ``(N, 1, H, W)`` of a ``(N, 2, H, W)`` gradient, kept differentiable at zero."""
+    return torch.sqrt((gradient**2).sum(dim=1, keepdim=True) + 1e-12)
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     """|Sobel gradient| of ``(N, 1, H, W)`` images (replicate padding)."""
-    return torch.sqrt((sobel(x) ** 2).sum(dim=1, keepdim=True) + 1e-12)
+    return _magnitude(sobel(x))
 
 
 def stronger_edges(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -156,13 +166,6 @@ def stronger_edges(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tor
     return (sobel(fused) - torch.where(a_wins, ga, gb)).abs().flatten(1).mean(dim=1)
 
 
-def _zero_padded_sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sobel gradient ``(N, 2, H, W)`` with zero padding (as the metric filters) and its magnitude."""
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
-    grad = F.conv2d(x, torch.stack([kx, kx.t()])[:, None], padding=1)
-    return grad, torch.sqrt((grad**2).sum(dim=1, keepdim=True) + 1e-12)
-
-
 def edge_preservation(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Differentiable Q_AB/F (Xydeas and Petrovic 2000) of ``fused`` from ``a`` and ``b``, per batch item.
 
@@ -175,10 +178,12 @@ def edge_preservation(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
     less than 1e-4 on brain slices.
     """
     c = QABF_CONSTANTS
-    grad_f, mag_f = _zero_padded_sobel(fused)
+    grad_f = sobel(fused, padding="constant")
+    mag_f = _magnitude(grad_f)
     score, weights = 0.0, 0.0
     for source in (a, b):
-        grad_s, mag_s = _zero_padded_sobel(source)
+        grad_s = sobel(source, padding="constant")
+        mag_s = _magnitude(grad_s)
         strength = torch.minimum(mag_s, mag_f) / torch.maximum(mag_s, mag_f)
         dot = (grad_s * grad_f).sum(dim=1, keepdim=True)
         cross = grad_s[:, :1] * grad_f[:, 1:] - grad_s[:, 1:] * grad_f[:, :1]

@@ -7,6 +7,7 @@ conftest.py).
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -16,5 +17,7 @@ def load_benchmark(name: str) -> ModuleType:
     path = Path(__file__).parent / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"bsafusion_benchmark_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    # registered before it runs: dataclasses look their module up in sys.modules
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module

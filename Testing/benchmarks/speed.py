@@ -30,7 +30,11 @@ development machine and of CI):
   "other", then the per-pair refinement (off by default) and the file I/O of ``fuse_files``;
   taken with forward hooks (the model code is not touched). On the CPU with ``--threads``; on a
   CUDA device, when there is one, for batches of 1 and 16 pairs (hooks synchronise the GPU).
-  ``--profile-only`` prints just these two sections (about a minute).
+  ``--profile-only`` prints just these two sections (about a minute);
+* **``torch.compile``** (``--compiled``, optional, not part of the default run): the shipped
+  model with each block of :data:`COMPILED` compiled by TorchInductor, against the eager model
+  and the published architecture in the same alternating runs, with the largest difference of
+  the fields and the fused image from the eager outputs (compile time is printed, not timed in).
 
 Times are the median (and minimum) of ``--repeats`` runs after one warm-up run. The inputs are
 phantom pairs (:mod:`bsafusion.phantom`) misaligned with :func:`bsafusion.deform.random_misalignment`,
@@ -42,6 +46,7 @@ Usage (from the repository root)::
 
     python Testing/benchmarks/speed.py [--weights FILE] [--repeats 5] [--output table.md]
     python Testing/benchmarks/speed.py --profile-only --threads 2 --runs 6 --repeats 7
+    python Testing/benchmarks/speed.py --compiled --threads 2 --runs 6 --repeats 7
 """
 
 from __future__ import annotations
@@ -473,6 +478,52 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+#: Sub-modules of :class:`BSFAF` compiled by ``--compiled``, one model per entry; ``+`` joins
+#: blocks compiled together. Compiling ``infer`` as a whole is left out: on the CPU it takes
+#: minutes and breaks into graphs at the data-dependent branches of the blocks anyway.
+COMPILED = ("encoder", "mmff", "bsfa", "translator", "encoder+mdffr+pyramid+translator+bsfa+mmff")
+
+
+def _compiled_copy(weights: Path, blocks: str) -> tuple[BSFAF, float]:
+    """A fresh copy of the model at ``weights`` with ``blocks`` compiled, and the seconds the first call took."""
+    model = checkpoint.load_model(weights, "CT", "cpu").eval()
+    for name in blocks.split("+"):
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=False))
+    fixed, moving = network_inputs(model, PAIR_SIZE)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model.infer(fixed, moving)
+    return model, time.perf_counter() - started
+
+
+def compare_compiled(weights: Path, threads: int, runs: int, repeats: int) -> list[str]:
+    """The eager model and each :data:`COMPILED` copy against the published architecture, alternating."""
+    eager = checkpoint.load_model(weights, "CT", "cpu").eval()
+    fixed, moving = network_inputs(eager, PAIR_SIZE)
+    models, compile_s, differences = {"eager (as shipped)": eager}, {}, {}
+    with torch.inference_mode():
+        reference = eager.infer(fixed, moving)
+    for blocks in COMPILED:
+        models[blocks], compile_s[blocks] = _compiled_copy(weights, blocks)
+        with torch.inference_mode():
+            out = models[blocks].infer(fixed, moving)
+        differences[blocks] = max((getattr(out, k) - getattr(reference, k)).abs().max().item()
+                                  for k in ("field_ba", "field_ab", "fused"))
+    ours, theirs = _alternating_ms(models, runs, repeats)
+    eager_ms = ours["eager (as shipped)"]
+    lines = [f"| Model ({threads} threads, 256² pair, median of {repeats} per run, {runs} runs) | first call s | "
+             "ms (median of runs) | ratio to eager (median) | ratio to published (median) | largest output difference |",
+             "|---|---:|---:|---:|---:|---:|",
+             f"| Published BSAFusion architecture | | {np.median(theirs):.0f} | | 1 | |"]
+    for name, times in ours.items():
+        to_eager = np.median([t / e for t, e in zip(times, eager_ms)])
+        to_published = np.median([t / p for t, p in zip(times, theirs)])
+        first = f"{compile_s[name]:.0f}" if name in compile_s else ""
+        difference = f"{differences[name]:.1e}" if name in differences else ""
+        lines.append(f"| {name} | {first} | {np.median(times):.0f} | {to_eager:.2f} | {to_published:.2f} | {difference} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", help="model weights (default: shipped CT model, else an untrained default model)")
@@ -488,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the published comparison and the per-block profiles (a minute instead of ten)")
     parser.add_argument("--variants", action="store_true",
                         help="only the architecture variants against the published network (what a faster retrained network needs)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="only the shipped model with torch.compile on each of its blocks against eager and the published network")
     parser.add_argument("--_memory-task", dest="memory_task", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -502,6 +555,12 @@ def main(argv: list[str] | None = None) -> int:
         lines = ["", f"#### Architecture variants against the published architecture ({args.threads} threads)", ""]
         table = "\n".join(lines + compare_variants(ModelConfig.from_dict(checkpoint.read(checkpoint.default_weights_path("CT"))["model_config"]),
                                                      args.threads, args.runs, args.repeats))
+    elif args.compiled:
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            weights, _ = resolve_weights(args.weights, Path(tmp))
+            lines = ["", f"#### torch.compile against eager and the published architecture ({args.threads} threads)", ""]
+            table = "\n".join(lines + compare_compiled(weights, args.threads, args.runs, args.repeats))
     elif args.profile_only:
         torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:

@@ -290,16 +290,21 @@ def _speed_module():
     return load_benchmark("speed")
 
 
+def _tiny_config(**changes):
+    from bsafusion.model import ModelConfig
+
+    return ModelConfig(img_size=64, channels=8, embed_dim=32, patch_size=8, heads=2, pyramid_channels=(16, 12, 8), **changes)
+
+
 def _tiny_weights(tmp_path):
     import torch
 
     from bsafusion.model import checkpoint
-    from bsafusion.model import BSFAF, ModelConfig
+    from bsafusion.model import BSFAF
 
     torch.manual_seed(0)
     path = tmp_path / "tiny.pt"
-    cfg = ModelConfig(img_size=64, channels=8, embed_dim=32, patch_size=8, heads=2, pyramid_channels=(16, 12, 8))
-    checkpoint.save(path, BSFAF(cfg), "CT")
+    checkpoint.save(path, BSFAF(_tiny_config()), "CT")
     return path
 
 
@@ -316,6 +321,17 @@ def test_speed_block_times_cover_the_forward_pass(tmp_path):
     assert all(t >= 0 for t in per_block.values())
     assert sum(per_block.values()) <= total * 1.05
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())  # hooks removed
+
+
+def test_speed_compiled_blocks_are_modules_of_the_network():
+    from torch import nn
+
+    from bsafusion.model import BSFAF
+
+    model = BSFAF(_tiny_config(translation=True))  # as shipped: the translator is a block to compile
+    names = [name for blocks in _speed_module().COMPILED for name in blocks.split("+")]
+    assert all(isinstance(getattr(model, name, None), nn.Module) for name in names)
+    assert set(names) >= {"encoder", "mdffr", "pyramid", "translator", "bsfa", "mmff"}
 
 
 @pytest.mark.slow

@@ -77,7 +77,7 @@ from bsafusion.deform import random_misalignment
 from bsafusion.inference.fuser import Fuser, fuse_files
 from bsafusion.inference.refine import RefineSettings
 from bsafusion.io import write_image
-from bsafusion.model import BSFAF, ModelConfig
+from bsafusion.model import BSFAF, Inference, ModelConfig
 from bsafusion.phantom import phantom_pair
 
 #: Network blocks timed with forward hooks, in the order they run: sub-module path -> label.
@@ -484,16 +484,16 @@ def run(args: argparse.Namespace) -> str:
 COMPILED = ("encoder", "mmff", "bsfa", "translator", "encoder+mdffr+pyramid+translator+bsfa+mmff")
 
 
-def _compiled_copy(weights: Path, blocks: str) -> tuple[BSFAF, float]:
-    """A fresh copy of the model at ``weights`` with ``blocks`` compiled, and the seconds the first call took."""
+def _compiled_copy(weights: Path, blocks: str, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[BSFAF, float, Inference]:
+    """A fresh copy of the model at ``weights`` with ``blocks`` compiled, the seconds its first
+    call on the pair took (the compilation) and that call's outputs."""
     model = checkpoint.load_model(weights, "CT", "cpu").eval()
     for name in blocks.split("+"):
         setattr(model, name, torch.compile(getattr(model, name), dynamic=False))
-    fixed, moving = network_inputs(model, PAIR_SIZE)
     started = time.perf_counter()
     with torch.inference_mode():
-        model.infer(fixed, moving)
-    return model, time.perf_counter() - started
+        out = model.infer(fixed, moving)
+    return model, time.perf_counter() - started, out
 
 
 def compare_compiled(weights: Path, threads: int, runs: int, repeats: int) -> list[str]:
@@ -504,9 +504,7 @@ def compare_compiled(weights: Path, threads: int, runs: int, repeats: int) -> li
     with torch.inference_mode():
         reference = eager.infer(fixed, moving)
     for blocks in COMPILED:
-        models[blocks], compile_s[blocks] = _compiled_copy(weights, blocks)
-        with torch.inference_mode():
-            out = models[blocks].infer(fixed, moving)
+        models[blocks], compile_s[blocks], out = _compiled_copy(weights, blocks, fixed, moving)
         differences[blocks] = max((getattr(out, k) - getattr(reference, k)).abs().max().item()
                                   for k in ("field_ba", "field_ab", "fused"))
     ours, theirs = _alternating_ms(models, runs, repeats)

@@ -424,7 +424,6 @@ def profile_section(model: BSFAF, workdir: Path, args: argparse.Namespace) -> li
 
 
 def run(args: argparse.Namespace) -> str:
-    torch.set_num_threads(args.threads)
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -547,20 +546,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_task:  # child process of measure_memory
         print(json.dumps(measure_memory_here(args.memory_task, Path(args.weights), args.threads)))
         return 0
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.variants:
-        torch.set_num_threads(args.threads)
         lines = ["", f"#### Architecture variants against the published architecture ({args.threads} threads)", ""]
         table = "\n".join(lines + compare_variants(ModelConfig.from_dict(checkpoint.read(checkpoint.default_weights_path("CT"))["model_config"]),
                                                      args.threads, args.runs, args.repeats))
     elif args.compiled:
-        torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             weights, _ = resolve_weights(args.weights, Path(tmp))
             lines = ["", f"#### torch.compile against eager and the published architecture ({args.threads} threads)", ""]
             table = "\n".join(lines + compare_compiled(weights, args.threads, args.runs, args.repeats))
     elif args.profile_only:
-        torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             weights, _ = resolve_weights(args.weights, Path(tmp))
             table = "\n".join(profile_section(checkpoint.load_model(weights, "CT", "cpu").eval(), Path(tmp), args))
